@@ -1,0 +1,139 @@
+//! The child side of an execution that is ordinary safe Rust: decoding the
+//! request, running the handler under `catch_unwind`, encoding the result.
+//!
+//! The trampoline below is monomorphised for each handler type. A request
+//! names it by its offset from an anchor function (see `sys::identity`), so
+//! the shepherd, which runs the same executable, can call it without any
+//! registry.
+
+use std::panic::{self, AssertUnwindSafe};
+use std::sync::Mutex;
+
+use crate::handler::{Context, Handler};
+use crate::protocol::{encode_panic, encode_record, record};
+
+/// What the trampoline gets from the child setup code.
+pub(crate) struct ChildCall<'a> {
+    /// `type_name` of the handler the caller meant.
+    pub handler_type: &'a str,
+    /// postcard-encoded `(H, H::Args, Context)`.
+    pub payload: &'a [u8],
+    /// Applies the heap budget right before `execute` runs.
+    pub apply_heap_budget: fn(),
+    /// Lifts the heap budget, after `execute` returns and while the panic
+    /// hook runs.
+    pub lift_heap_budget: fn(),
+    /// Sets the budget applied before again, after the panic hook.
+    pub restore_heap_budget: fn(),
+}
+
+/// The signature shared by every monomorphised trampoline.
+pub(crate) type Trampoline = fn(&ChildCall<'_>) -> Vec<u8>;
+
+/// Returns the trampoline of `H`.
+pub(crate) fn trampoline_of<H: Handler>() -> Trampoline {
+    run_handler::<H>
+}
+
+/// The location of the last panic in this process, set by the panic hook.
+static PANIC_LOCATION: Mutex<Option<String>> = Mutex::new(None);
+
+/// Installs a hook that records the panic location and then runs the
+/// previous hook. The heap budget is lifted while the previous hook runs,
+/// because printing a backtrace (`RUST_BACKTRACE`) allocates megabytes and
+/// would otherwise turn a panic into an allocation failure.
+fn install_panic_hook(lift_budget: fn(), restore_budget: fn()) {
+    let default_hook = panic::take_hook();
+    panic::set_hook(Box::new(move |info| {
+        if let Some(location) = info.location() {
+            let text = format!(
+                "{}:{}:{}",
+                location.file(),
+                location.line(),
+                location.column()
+            );
+            if let Ok(mut slot) = PANIC_LOCATION.lock() {
+                *slot = Some(text);
+            }
+        }
+        lift_budget();
+        default_hook(info);
+        restore_budget();
+    }));
+}
+
+fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
+    if let Some(text) = payload.downcast_ref::<&'static str>() {
+        (*text).to_owned()
+    } else if let Some(text) = payload.downcast_ref::<String>() {
+        text.clone()
+    } else {
+        "Box<dyn Any>".to_owned()
+    }
+}
+
+fn failure(message: String) -> Vec<u8> {
+    encode_record(record::FAILURE, message.as_bytes())
+}
+
+/// Runs `H` in the child and returns the result record to write.
+fn run_handler<H: Handler>(call: &ChildCall<'_>) -> Vec<u8> {
+    let expected = std::any::type_name::<H>();
+    if call.handler_type != expected {
+        return failure(format!(
+            "handler type mismatch: the request names {} but the trampoline is for {expected}",
+            call.handler_type
+        ));
+    }
+
+    let (handler, args, context): (H, H::Args, Context) = match postcard::from_bytes(call.payload) {
+        Ok(decoded) => decoded,
+        Err(e) => {
+            return failure(format!(
+                "failed to decode the handler and arguments of {expected} in the child: {e}; check that their Serialize and Deserialize impls round-trip"
+            ));
+        }
+    };
+
+    install_panic_hook(call.lift_heap_budget, call.restore_heap_budget);
+    (call.apply_heap_budget)();
+    let outcome = panic::catch_unwind(AssertUnwindSafe(|| handler.execute(args, &context)));
+    (call.lift_heap_budget)();
+
+    match outcome {
+        Ok(Ok(output)) => match postcard::to_stdvec(&output) {
+            Ok(bytes) => encode_record(record::OK, &bytes),
+            Err(e) => failure(format!(
+                "failed to encode the output of {expected}: {e}; check its Serialize impl"
+            )),
+        },
+        Ok(Err(error)) => match postcard::to_stdvec(&error) {
+            Ok(bytes) => encode_record(record::ERR, &bytes),
+            Err(e) => failure(format!(
+                "failed to encode the error of {expected}: {e}; check its Serialize impl"
+            )),
+        },
+        Err(payload) => {
+            let message = panic_message(payload.as_ref());
+            // Dropping a payload can panic again; the child exits right after.
+            std::mem::forget(payload);
+            let location = PANIC_LOCATION.lock().ok().and_then(|mut slot| slot.take());
+            encode_record(record::PANIC, &encode_panic(&message, location.as_deref()))
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn panic_message_handles_payload_kinds() {
+        let text: Box<dyn std::any::Any + Send> = Box::new("static");
+        assert_eq!(panic_message(text.as_ref()), "static");
+        let owned: Box<dyn std::any::Any + Send> = Box::new(String::from("owned"));
+        assert_eq!(panic_message(owned.as_ref()), "owned");
+        let other: Box<dyn std::any::Any + Send> = Box::new(7u8);
+        assert_eq!(panic_message(other.as_ref()), "Box<dyn Any>");
+    }
+}

@@ -1,0 +1,373 @@
+//! The handler child: everything between `fork()` in the shepherd and the
+//! call of the handler's trampoline, plus the signal handlers it installs.
+//!
+//! The shepherd is single-threaded, so the child could allocate safely;
+//! still, the setup below makes only async-signal-safe system calls and
+//! leaves with `_exit` on any failure, so it stays sound if that ever
+//! changes. The trampoline that follows is ordinary Rust. The fault handler
+//! runs inside a signal and touches nothing but atomics, `write` and
+//! `raise`.
+
+use std::io::Write;
+use std::os::fd::RawFd;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+
+use crate::child::{ChildCall, Trampoline};
+use crate::protocol::record;
+
+/// The fd the child writes its records to.
+pub const RESULT_FD: RawFd = 3;
+/// Exit code of a child whose setup failed.
+pub const SETUP_FAILED: i32 = 121;
+
+/// Fds and limits the child needs, prepared by the shepherd before `fork`.
+pub struct ChildSetup<'a> {
+    /// The shepherd's pid, checked against `getppid()`.
+    pub shepherd_pid: libc::pid_t,
+    /// `/dev/null`, opened for reading, becomes stdin.
+    pub devnull: RawFd,
+    /// Write end of the stdout capture pipe.
+    pub stdout: RawFd,
+    /// Write end of the stderr capture pipe.
+    pub stderr: RawFd,
+    /// Write end of the result pipe.
+    pub result: RawFd,
+    /// The heap budget in bytes.
+    pub max_heap_size: Option<u64>,
+    /// `type_name` of the requested handler.
+    pub handler_type: &'a str,
+    /// The encoded handler, arguments and context.
+    pub payload: &'a [u8],
+}
+
+/// Lowest address the main thread's stack may grow to, estimated before the
+/// handler runs; 0 when unknown.
+static STACK_LOW: AtomicUsize = AtomicUsize::new(0);
+
+/// Writes a failure record with a static message and leaves.
+fn fail(fd: RawFd, message: &'static [u8]) -> ! {
+    let mut header = [0u8; record::HEADER_LEN];
+    header[0] = record::FAILURE;
+    header[1..].copy_from_slice(&(message.len() as u64).to_le_bytes());
+    write_all_raw(fd, &header);
+    write_all_raw(fd, message);
+    // SAFETY: _exit ends the process without running any Rust or libc
+    // cleanup, which is what a half-set-up child must do.
+    unsafe { libc::_exit(SETUP_FAILED) }
+}
+
+/// `write` until done or an error, without allocating.
+fn write_all_raw(fd: RawFd, mut bytes: &[u8]) {
+    while !bytes.is_empty() {
+        // SAFETY: `bytes` is valid for reads of its length.
+        let n = unsafe { libc::write(fd, bytes.as_ptr().cast(), bytes.len()) };
+        if n > 0 {
+            bytes = &bytes[n as usize..];
+        } else if n < 0 && std::io::Error::last_os_error().raw_os_error() == Some(libc::EINTR) {
+            continue;
+        } else {
+            return;
+        }
+    }
+}
+
+/// Runs in the child right after `fork()`. Never returns.
+pub fn run(setup: &ChildSetup<'_>, trampoline: Trampoline) -> ! {
+    let result = setup.result;
+
+    // Own process group, so a timeout can signal the child and everything it
+    // starts at once.
+    // SAFETY: setpgid with integer arguments.
+    if unsafe { libc::setpgid(0, 0) } != 0 {
+        fail(result, b"setpgid failed in the child");
+    }
+
+    // Die with the shepherd, and catch the case where it already died
+    // between fork and prctl.
+    // SAFETY: prctl with integer arguments.
+    if unsafe {
+        libc::prctl(
+            libc::PR_SET_PDEATHSIG,
+            libc::SIGKILL as libc::c_ulong,
+            0,
+            0,
+            0,
+        )
+    } != 0
+    {
+        fail(result, b"PR_SET_PDEATHSIG failed in the child");
+    }
+    // SAFETY: getppid has no preconditions.
+    if unsafe { libc::getppid() } != setup.shepherd_pid {
+        // SAFETY: see `fail`.
+        unsafe { libc::_exit(SETUP_FAILED) };
+    }
+
+    harden();
+    reset_signals();
+    arrange_fds(setup);
+    install_fault_handler();
+    install_exit_marker();
+
+    if let Some(budget) = setup.max_heap_size {
+        HEAP_BUDGET.store(budget, Ordering::Relaxed);
+    }
+    let call = ChildCall {
+        handler_type: setup.handler_type,
+        payload: setup.payload,
+        apply_heap_budget,
+        lift_heap_budget,
+        restore_heap_budget,
+    };
+    let record_bytes = trampoline(&call);
+
+    write_all_raw(RESULT_FD, &record_bytes);
+    let _ = std::io::stdout().flush();
+    // SAFETY: the result is written; _exit skips atexit handlers, so the
+    // exit marker is only written when the handler itself calls exit.
+    unsafe { libc::_exit(0) }
+}
+
+/// Core dumps off and no privilege gain through exec.
+fn harden() {
+    let zero = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: `zero` is a valid rlimit.
+    unsafe { libc::setrlimit(libc::RLIMIT_CORE, &zero) };
+    // SAFETY: prctl with integer arguments.
+    unsafe { libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1 as libc::c_ulong, 0, 0, 0) };
+}
+
+/// Default dispositions for every signal and an empty mask, so nothing the
+/// caller blocked or ignored reaches the handler.
+fn reset_signals() {
+    for signal in 1..=64 {
+        if signal == libc::SIGKILL || signal == libc::SIGSTOP {
+            continue;
+        }
+        // SAFETY: SIG_DFL is valid for every signal; the kernel rejects the
+        // few that glibc reserves, which is harmless.
+        unsafe { libc::signal(signal, libc::SIG_DFL) };
+    }
+    // SAFETY: `set` is initialised by sigemptyset before use.
+    unsafe {
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut set);
+        libc::sigprocmask(libc::SIG_SETMASK, &set, std::ptr::null_mut());
+    }
+}
+
+/// stdin from /dev/null, stdout and stderr into the capture pipes, the
+/// result pipe on fd 3, and every other fd closed.
+fn arrange_fds(setup: &ChildSetup<'_>) {
+    // Move the sources above the targets first, so no dup2 overwrites a
+    // source that happens to sit on a target number.
+    let sources = [setup.devnull, setup.stdout, setup.stderr, setup.result];
+    let mut moved = [0; 4];
+    for (slot, source) in moved.iter_mut().zip(sources) {
+        // SAFETY: fcntl duplicates an fd we own.
+        let fd = unsafe { libc::fcntl(source, libc::F_DUPFD_CLOEXEC, 10) };
+        if fd < 0 {
+            fail(setup.result, b"F_DUPFD_CLOEXEC failed in the child");
+        }
+        *slot = fd;
+    }
+    for (target, source) in moved.iter().enumerate() {
+        // SAFETY: dup2 onto a small fixed number; this also clears CLOEXEC.
+        if unsafe { libc::dup2(*source, target as RawFd) } < 0 {
+            fail(moved[3], b"dup2 failed in the child");
+        }
+    }
+    // The result fd must not survive exec, so a program exec'd by the
+    // handler cannot write records.
+    // SAFETY: fcntl with an int argument.
+    unsafe { libc::fcntl(RESULT_FD, libc::F_SETFD, libc::FD_CLOEXEC) };
+
+    // SAFETY: close_range closes fds we own; no Rust object refers to them in
+    // the child, because the shepherd's OwnedFds are never dropped here.
+    let closed = unsafe { libc::syscall(libc::SYS_close_range, 4u32, u32::MAX, 0u32) };
+    if closed != 0 {
+        for fd in 4..65536 {
+            // SAFETY: as above; closing an unused number fails harmlessly.
+            unsafe { libc::close(fd) };
+        }
+    }
+}
+
+const STACK_OVERFLOW_MESSAGE: &[u8] = b"\nisolated-executor: the handler overflowed its stack\n";
+const ALT_STACK_SIZE: usize = 64 << 10;
+
+/// Installs the SIGSEGV and SIGBUS handler on an alternate stack, so it can
+/// run when the main stack is exhausted.
+fn install_fault_handler() {
+    // Estimate the lowest address of the main stack: the current stack
+    // pointer minus RLIMIT_STACK.
+    let here = 0u8;
+    let sp = std::ptr::addr_of!(here) as usize;
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: `limit` is valid for writes.
+    if unsafe { libc::getrlimit(libc::RLIMIT_STACK, &mut limit) } == 0
+        && limit.rlim_cur != libc::RLIM_INFINITY
+    {
+        STACK_LOW.store(
+            sp.saturating_sub(limit.rlim_cur as usize),
+            Ordering::Relaxed,
+        );
+    }
+
+    // SAFETY: an anonymous private mapping, checked for failure; it lives
+    // until the child exits.
+    let stack = unsafe {
+        libc::mmap(
+            std::ptr::null_mut(),
+            ALT_STACK_SIZE,
+            libc::PROT_READ | libc::PROT_WRITE,
+            libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
+            -1,
+            0,
+        )
+    };
+    if stack == libc::MAP_FAILED {
+        return;
+    }
+    let alt = libc::stack_t {
+        ss_sp: stack,
+        ss_flags: 0,
+        ss_size: ALT_STACK_SIZE,
+    };
+    // SAFETY: `alt` describes the mapping above.
+    unsafe { libc::sigaltstack(&alt, std::ptr::null_mut()) };
+
+    for signal in [libc::SIGSEGV, libc::SIGBUS] {
+        // SAFETY: `action` is zeroed and then filled; the handler has the
+        // three-argument form that SA_SIGINFO requires.
+        unsafe {
+            let mut action: libc::sigaction = std::mem::zeroed();
+            action.sa_sigaction = on_fault as *const () as usize;
+            action.sa_flags = libc::SA_SIGINFO | libc::SA_ONSTACK;
+            libc::sigemptyset(&mut action.sa_mask);
+            libc::sigaction(signal, &action, std::ptr::null_mut());
+        }
+    }
+}
+
+/// Reads the interrupted stack pointer from the signal context.
+///
+/// # Safety
+///
+/// `context` must be the `ucontext_t` pointer passed to an SA_SIGINFO handler.
+unsafe fn stack_pointer(context: *mut libc::c_void) -> usize {
+    #[cfg(target_arch = "x86_64")]
+    {
+        // SAFETY: by the contract, `context` points to a valid ucontext_t.
+        let uc = unsafe { &*(context as *const libc::ucontext_t) };
+        uc.uc_mcontext.gregs[libc::REG_RSP as usize] as usize
+    }
+    #[cfg(target_arch = "aarch64")]
+    {
+        // SAFETY: by the contract, `context` points to a valid ucontext_t.
+        let uc = unsafe { &*(context as *const libc::ucontext_t) };
+        uc.uc_mcontext.sp as usize
+    }
+    #[cfg(not(any(target_arch = "x86_64", target_arch = "aarch64")))]
+    {
+        let _ = context;
+        0
+    }
+}
+
+/// SIGSEGV and SIGBUS handler. Async-signal-safe: it reads the fault
+/// address, writes the stack-overflow marker when the fault is next to the
+/// stack pointer or below the main stack's limit, and re-raises the signal
+/// with the default disposition so the child dies of it.
+extern "C" fn on_fault(
+    signal: libc::c_int,
+    info: *mut libc::siginfo_t,
+    context: *mut libc::c_void,
+) {
+    // SAFETY: the kernel passes valid siginfo and ucontext pointers to an
+    // SA_SIGINFO handler.
+    let (code, address, sp) = unsafe {
+        (
+            (*info).si_code,
+            (*info).si_addr() as usize,
+            stack_pointer(context),
+        )
+    };
+    let near_sp = sp != 0 && address.abs_diff(sp) <= 64 << 10;
+    let low = STACK_LOW.load(Ordering::Relaxed);
+    let near_limit =
+        low != 0 && address >= low.saturating_sub(2 << 20) && address < low + (1 << 20);
+    // A positive si_code means the kernel raised the fault, not kill(2).
+    if code > 0 && (near_sp || near_limit) {
+        let mut marker = [0u8; record::HEADER_LEN];
+        marker[0] = record::STACK_OVERFLOW;
+        write_all_raw(RESULT_FD, &marker);
+        write_all_raw(2, STACK_OVERFLOW_MESSAGE);
+    }
+    // SAFETY: signal and raise are async-signal-safe. The raised signal stays
+    // pending until this handler returns and then kills the process.
+    unsafe {
+        libc::signal(signal, libc::SIG_DFL);
+        libc::raise(signal);
+    }
+}
+
+extern "C" fn on_exit() {
+    let mut marker = [0u8; record::HEADER_LEN];
+    marker[0] = record::EXIT_CALLED;
+    write_all_raw(RESULT_FD, &marker);
+}
+
+/// Registers the `exit` marker with `atexit`; `_exit` and `exec` skip it.
+fn install_exit_marker() {
+    // SAFETY: `on_exit` is a valid extern "C" fn with no arguments.
+    unsafe { libc::atexit(on_exit) };
+}
+
+/// The heap budget of this child in bytes; `u64::MAX` when there is none.
+static HEAP_BUDGET: AtomicU64 = AtomicU64::new(u64::MAX);
+/// The `RLIMIT_DATA` soft limit set by `apply_heap_budget`; 0 before.
+static HEAP_LIMIT: AtomicU64 = AtomicU64::new(0);
+
+/// Sets `RLIMIT_DATA` to the data size now plus the budget, so only what
+/// the handler allocates from here on counts.
+fn apply_heap_budget() {
+    let budget = HEAP_BUDGET.load(Ordering::Relaxed);
+    if budget == u64::MAX {
+        return;
+    }
+    let current = current_data_bytes().unwrap_or(0);
+    let limit = current.saturating_add(budget);
+    HEAP_LIMIT.store(limit, Ordering::Relaxed);
+    let _ = super::syscalls::set_soft_limit(libc::RLIMIT_DATA, limit);
+}
+
+/// Raises `RLIMIT_DATA` to the hard limit.
+fn lift_heap_budget() {
+    if HEAP_LIMIT.load(Ordering::Relaxed) != 0 {
+        let _ = super::syscalls::set_soft_limit(libc::RLIMIT_DATA, u64::MAX);
+    }
+}
+
+/// Sets the limit computed by `apply_heap_budget` again.
+fn restore_heap_budget() {
+    let limit = HEAP_LIMIT.load(Ordering::Relaxed);
+    if limit != 0 {
+        let _ = super::syscalls::set_soft_limit(libc::RLIMIT_DATA, limit);
+    }
+}
+
+/// Reads `VmData` from `/proc/self/status`: the size of the private
+/// writable mappings that `RLIMIT_DATA` counts, in bytes.
+fn current_data_bytes() -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|line| line.starts_with("VmData:"))?;
+    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib * 1024)
+}

@@ -1,0 +1,37 @@
+//! Linux implementation: the shepherd, the handler child and the caller's
+//! connection. All `unsafe` code of the crate lives under this module.
+
+pub mod connection;
+pub mod entry;
+pub mod fork_child;
+pub mod identity;
+pub mod shepherd;
+pub mod syscalls;
+
+pub use connection::{Canceller, Lost, Shepherd};
+
+/// Whether this platform supports isolation.
+pub const SUPPORTED: bool = true;
+
+/// Starts a shepherd and waits for its handshake.
+pub fn start_shepherd(handshake_timeout: std::time::Duration) -> Result<Shepherd, String> {
+    Shepherd::start_blocking(handshake_timeout)
+}
+
+pub use connection::HOOK_MISSING;
+
+/// Why isolation is unavailable; unused on Linux, where it is available.
+pub const UNSUPPORTED: &str = "";
+
+/// The fingerprint of this executable, read once.
+pub fn fingerprint() -> Vec<u8> {
+    static FINGERPRINT: std::sync::OnceLock<Vec<u8>> = std::sync::OnceLock::new();
+    FINGERPRINT
+        .get_or_init(|| identity::fingerprint().unwrap_or_default())
+        .clone()
+}
+
+/// The offset that names `trampoline` in a request.
+pub fn trampoline_offset(trampoline: crate::child::Trampoline) -> i64 {
+    identity::offset_of(trampoline)
+}

@@ -1,0 +1,72 @@
+//! The telemetry event emitted once per execution.
+//!
+//! After the outcome is known, the calling thread or task emits one
+//! `tracing` event with target [`TARGET`] inside a debug span named
+//! `isolated_execution` that carries the handler name. The library never
+//! installs a subscriber.
+//!
+//! | field | type | meaning |
+//! |---|---|---|
+//! | `handler` | string | the handler's [`name`](crate::Handler::name) |
+//! | `result` | string | `ok`, `error`, `timeout`, `killed`, `crashed` or `unavailable` |
+//! | `reason` | string | the `Display` text of the error; empty for `ok` |
+//! | `duration_us` | u64 | wall-clock time of the whole call in microseconds |
+//! | `queue_wait_us` | u64 | time spent waiting for a free shepherd in microseconds |
+//! | `pid` | u64 | the child's pid; 0 when no child started |
+//! | `peak_rss_bytes` | u64 | peak resident set size of the child; 0 when no child ran |
+//!
+//! Levels: `INFO` for `ok` and `error`, `WARN` for `timeout`, `killed` and
+//! `crashed`, `ERROR` for `unavailable`.
+
+use tracing::Level;
+
+use crate::report::ExecutionReport;
+
+/// Target of the telemetry event.
+pub const TARGET: &str = "isolated_executor::isolation";
+/// Name of the span around each execution.
+pub const SPAN_NAME: &str = "isolated_execution";
+
+/// The level used for a `result` category.
+pub fn level_of(category: &str) -> Level {
+    match category {
+        "ok" | "error" => Level::INFO,
+        "unavailable" => Level::ERROR,
+        _ => Level::WARN,
+    }
+}
+
+/// Emits the event for a finished execution.
+pub(crate) fn emit<T, E>(report: &ExecutionReport<T, E>) {
+    let result = report.category();
+    let reason = match &report.outcome {
+        Ok(_) => String::new(),
+        Err(error) => error.to_string(),
+    };
+    let handler = report.handler;
+    let duration_us = u64::try_from(report.duration.as_micros()).unwrap_or(u64::MAX);
+    let queue_wait_us = u64::try_from(report.queue_wait.as_micros()).unwrap_or(u64::MAX);
+    let pid = u64::from(report.pid.unwrap_or(0));
+    let peak_rss_bytes = report.peak_rss_bytes;
+    macro_rules! event_at {
+        ($level:expr) => {
+            tracing::event!(
+                target: "isolated_executor::isolation",
+                $level,
+                handler,
+                result,
+                reason = reason.as_str(),
+                duration_us,
+                queue_wait_us,
+                pid,
+                peak_rss_bytes,
+                "isolated execution finished"
+            )
+        };
+    }
+    match level_of(result) {
+        Level::INFO => event_at!(Level::INFO),
+        Level::ERROR => event_at!(Level::ERROR),
+        _ => event_at!(Level::WARN),
+    }
+}

@@ -1,0 +1,2 @@
+//! Fixture handlers and test helpers for `isolated-executor`.
+#![forbid(unsafe_code)]

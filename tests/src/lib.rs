@@ -1,0 +1,2 @@
+//! Shared helpers of the cross-crate suites.
+#![forbid(unsafe_code)]
