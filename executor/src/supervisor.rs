@@ -455,10 +455,10 @@ mod tests {
         let order = Arc::new(Mutex::new(Vec::new()));
         let mut threads = Vec::new();
         for i in 0..3 {
-            let supervisor = supervisor.clone();
+            let queued = supervisor.clone();
             let order = Arc::clone(&order);
             threads.push(std::thread::spawn(move || {
-                let permit = supervisor.acquire_blocking().unwrap();
+                let permit = queued.acquire_blocking().unwrap();
                 order.lock().unwrap().push(i);
                 drop(permit);
             }));

@@ -1,2 +1,10 @@
 //! Fixture handlers and test helpers for `isolated-executor`.
 #![forbid(unsafe_code)]
+
+pub mod check;
+pub mod fault;
+pub mod fixtures;
+pub mod leak;
+pub mod misbehave;
+pub mod recorder;
+pub mod snapshot;
