@@ -113,6 +113,9 @@ pub fn encode_frame(kind: Kind, body: &[u8]) -> Vec<u8> {
     frame
 }
 
+/// A decoded frame: its kind and body.
+pub type Frame = (Kind, Vec<u8>);
+
 /// Incremental frame decoder for a byte stream: feed it bytes as they come
 /// and take frames out. It allocates at most `max_len` bytes per body.
 #[derive(Debug)]
@@ -149,7 +152,7 @@ impl FrameDecoder {
     /// Consumes bytes from `input` until one frame is complete. Returns the
     /// frame and the number of bytes consumed; `None` when `input` ran out
     /// first (all of it was consumed).
-    pub fn feed(&mut self, input: &[u8]) -> Result<(Option<(Kind, Vec<u8>)>, usize), DecodeError> {
+    pub fn feed(&mut self, input: &[u8]) -> Result<(Option<Frame>, usize), DecodeError> {
         let mut used = 0;
         if self.current.is_none() {
             let want = HEADER_LEN - self.header_filled;
