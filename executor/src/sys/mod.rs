@@ -1,12 +1,15 @@
 //! Platform code behind one module. Linux is the supported platform; on
 //! other targets every execution returns `IsolationError::Unavailable`.
+//!
+//! Building with `RUSTFLAGS="--cfg isolated_executor_unsupported"` selects the
+//! stand-ins on Linux too, so that path is compiled and tested here.
 
-#[cfg(target_os = "linux")]
+#[cfg(all(target_os = "linux", not(isolated_executor_unsupported)))]
 mod linux;
-#[cfg(target_os = "linux")]
+#[cfg(all(target_os = "linux", not(isolated_executor_unsupported)))]
 pub use linux::*;
 
-#[cfg(not(target_os = "linux"))]
+#[cfg(any(not(target_os = "linux"), isolated_executor_unsupported))]
 mod unsupported;
-#[cfg(not(target_os = "linux"))]
+#[cfg(any(not(target_os = "linux"), isolated_executor_unsupported))]
 pub use unsupported::*;
