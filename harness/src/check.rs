@@ -56,15 +56,16 @@
 //!
 //! ```text
 //! isolated check of fuzz_parser::Parse failed
-//! minimal input: "\"\\"
-//! outcome:       timed out after 300 ms
-//! child:         ran 301 ms, peak RSS 2.0 MiB
-//! search:        case 3 failed (a new case), then 6 shrink steps; 2.41 s in all
-//! first failing input: "a[\"\\"
-//! stderr tail:   (empty)
+//! minimal input: "#4194304:"
+//! outcome:       killed: heap budget of 4000000 bytes exceeded by an allocation of 4194304 bytes (peak RSS 11001856 bytes); raise Options::max_heap_size or set it to None
+//! child:         ran 4 ms, peak RSS 10.5 MiB
+//! search:        case 1 failed (a new case), then 4 shrink steps; 0.02 s in all
+//! first failing input: "#13631488:"
+//! stderr tail:
+//!   | memory allocation of 4194304 bytes failed
 //! replay:
-//!   - PROPTEST_RNG_SEED=1234567 regenerates the same cases in the same order
-//!   - proptest saved `cc 9f0e…` with SourceParallel("proptest-regressions") for tests/tests/fuzz_parser.rs; the next run replays it before new cases
+//!   - PROPTEST_RNG_SEED=1277556220282346098 regenerates the same cases in the same order
+//!   - proptest saved `cc 90945d7f…` with SourceParallel("proptest-regressions") for tests/tests/fuzz_parser.rs; the next run replays it before new cases
 //!   - or run the minimal input alone with execute_isolated_report
 //! ```
 //!
@@ -283,16 +284,19 @@ where
 ///
 /// # Errors
 ///
-/// A [`CheckFailure`] of kind [`FailureKind::Property`] with the shrunk
-/// input when a case timed out, was killed, crashed, or returned an error
-/// counted as a failure; of kind [`FailureKind::Setup`] when the executor
-/// could not run a case.
+/// A [`CheckFailure`] of kind [`FailureKind::Property`], with the shrunk
+/// input, when a case timed out, was killed, crashed, or returned an error
+/// counted as a failure. A [`CheckFailure`] of kind [`FailureKind::Setup`]
+/// when the executor could not run a case.
 ///
 /// # Panics
 ///
 /// When proptest aborts the run without a failing case, which happens when
 /// the strategy cannot generate a value (for example a `prop_filter` that
 /// rejects too many).
+// A check returns at most one failure, after many child processes, so
+// moving it unboxed costs nothing measurable and keeps fields reachable.
+#[allow(clippy::result_large_err)]
 #[track_caller]
 pub fn try_check_isolated<H, S>(
     handler: &H,
@@ -370,8 +374,8 @@ impl RunnerSetup {
         config.fork = false;
         config.timeout = 0;
 
-        // A fixed seed can be printed, so the report can say how to
-        // regenerate the run.
+        // A fixed seed can be printed, so the report shows the seed that
+        // regenerates the run.
         let rng_seed = match config.rng_seed {
             RngSeed::Fixed(seed) => seed,
             RngSeed::Random => random_seed(),
@@ -440,7 +444,8 @@ impl<E> FailedCase<E> {
     }
 }
 
-/// What the cases of one check did, recorded by the test closure.
+/// Outcome counts and failing cases of one check, recorded by the test
+/// closure.
 struct Progress<A, E> {
     /// Cases run in a child so far.
     executions: u32,
@@ -492,7 +497,7 @@ where
         return Ok(());
     }
 
-    let kept = input.clone();
+    let recorded_input = input.clone();
     let mut report = execute_isolated_report(handler, input, &config.context, &config.options);
     let outcome = std::mem::replace(
         &mut report.outcome,
@@ -521,15 +526,15 @@ where
     let message = format!("{}: {error}", error.category());
     if matches!(error, IsolationError::Unavailable { .. }) {
         setup.suppress_save();
-        progress.setup_failure = Some((kept, FailedCase::new(report, error)));
+        progress.setup_failure = Some((recorded_input, FailedCase::new(report, error)));
         return Err(TestCaseError::fail(message));
     }
 
     if progress.first_failure.is_none() {
         let number = progress.executions;
-        progress.first_failure = Some((number, kept.clone()));
+        progress.first_failure = Some((number, recorded_input.clone()));
     }
-    let key = format!("{kept:?}");
+    let key = format!("{recorded_input:?}");
     progress
         .failures
         .insert(key.clone(), FailedCase::new(report, error));
@@ -581,9 +586,9 @@ impl Summary {
             .first_failure
             .take()
             .expect("proptest reported a failure, so a case failed");
-        // proptest hands back the last input that failed; the lookup by its
-        // Debug text falls back to the last failure recorded should a
-        // strategy print two values the same way.
+        // proptest returns the last input that failed, found here by its
+        // Debug text. Should a strategy print two values the same way, the
+        // last failure recorded is used.
         let key = format!("{minimal:?}");
         let case = match progress.failures.remove(&key) {
             Some(case) => case,
@@ -633,7 +638,7 @@ impl Summary {
     }
 }
 
-/// Where the search for a failure ended.
+/// End point of the search for a failure.
 struct Search<A> {
     kind: FailureKind,
     minimal_input: A,
@@ -804,7 +809,7 @@ mod tests {
     }
 
     #[test]
-    fn default_config_uses_check_timeout_and_no_handler_failures() {
+    fn default_config_values() {
         let config = CheckConfig::default();
 
         assert_eq!(config.options.timeout, DEFAULT_CHECK_TIMEOUT);

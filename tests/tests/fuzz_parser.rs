@@ -19,7 +19,7 @@
 //!    input, until the stack overflows;
 //! 2. a backslash at the very end of a text makes the scanner loop forever;
 //! 3. a field allocates its declared length before checking that the input
-//!    holds that many bytes.
+//!    contains that many bytes.
 #![forbid(unsafe_code)]
 
 isolated_executor::enable_test_support!();
@@ -234,14 +234,14 @@ fn nested(depth: usize, inner: &str) -> String {
     format!("{}{inner}{}", "[".repeat(depth), "]".repeat(depth))
 }
 
-/// Lists nested 0 to 64 deep around a small value. Shrinking reaches the
+/// Generates lists nested 0 to 64 deep around a small value. Shrinking reaches the
 /// smallest failing depth and the first inner choice, the empty string.
 fn nested_lists() -> impl Strategy<Value = String> {
     (0..=2 * MAX_NESTING, select(vec!["", "a", "\"t\"", "#1:x"]))
         .prop_map(|(depth, inner)| nested(depth, inner))
 }
 
-/// Up to five tokens of the language, at most 5 lists deep, no field longer
+/// Generates up to five tokens of the language, at most 5 lists deep, no field longer
 /// than its data. Only the token `"\` contains a backslash. There is no `]`:
 /// deleting a `[` before it would make the input invalid, so shrinking could
 /// stop at `a"\` instead of `"\`. In a trial of 3,000 seeds with proptest
@@ -251,13 +251,13 @@ fn token_sequences() -> impl Strategy<Value = String> {
     prop::collection::vec(token, 1..=5).prop_map(|tokens| tokens.concat())
 }
 
-/// A field whose declared length is 0 to 16 MiB in whole MiB and whose data
+/// Generates a field whose declared length is 0 to 16 MiB in whole MiB and whose data
 /// is missing. Shrinking reaches the smallest length that fails.
 fn field_lengths() -> impl Strategy<Value = String> {
     (0usize..=16).prop_map(|mib| format!("#{}:", mib << 20))
 }
 
-/// The configuration of the planted-fault checks. Their failures are
+/// Returns the configuration of the planted-fault checks. Their failures are
 /// expected, so nothing is written to a regression file.
 fn config() -> CheckConfig {
     CheckConfig::new()
@@ -333,7 +333,7 @@ fn field_length_exceeds_heap_budget() {
     }
 }
 
-/// Every shape the faulty checks use, for the fixed parser.
+/// Generates every shape the faulty checks use, for the fixed parser.
 fn all_shapes() -> impl Strategy<Value = String> {
     prop_oneof![nested_lists(), token_sequences(), field_lengths()]
 }
@@ -440,7 +440,7 @@ fn unavailable_executor_is_a_setup_failure() {
     assert!(failure.to_string().contains("could not run case 1"));
 }
 
-/// Lists nested 0 to 64 deep around a random word, so two runs produce the
+/// Generates lists nested 0 to 64 deep around a random word, so two runs produce the
 /// same input only when they replay the same seed.
 fn nested_words() -> impl Strategy<Value = String> {
     (0..=2 * MAX_NESTING, "[a-z]{12}").prop_map(|(depth, word)| nested(depth, &word))

@@ -1,5 +1,6 @@
 //! A failure persistence that delegates to the configured one and records
-//! what it loaded and saved, so the report can say how to replay a failure.
+//! the seeds it loaded and saved, so the report can show how to replay a
+//! failure.
 
 use std::any::Any;
 use std::fmt::{self, Debug};
@@ -7,15 +8,15 @@ use std::sync::{Arc, Mutex, PoisonError};
 
 use proptest::test_runner::{FailurePersistence, PersistedSeed};
 
-/// What the persistence did during one check.
+/// Record of the loads and saves of one check's persistence.
 #[derive(Debug, Default)]
 pub(crate) struct PersistenceLog {
     /// Seeds loaded from the regression file; proptest runs them first.
     pub(crate) loaded: u32,
     /// The seed line of the failure proptest saved, such as `cc 1a2b…`.
     pub(crate) saved: Option<String>,
-    /// Set when the executor was unavailable: such a failure says nothing
-    /// about the input, so it must not end up in the regression file.
+    /// Set when the executor was unavailable. Such a failure is unrelated
+    /// to the input, so it must not end up in the regression file.
     pub(crate) suppress_save: bool,
 }
 

@@ -1,4 +1,4 @@
-//! What a check returns: [`CheckReport`] when every case passed,
+//! Results of a check: [`CheckReport`] when every case passed,
 //! [`CheckFailure`] with the minimal failing input otherwise.
 
 use std::fmt::{self, Debug, Display};
@@ -28,7 +28,7 @@ pub struct CheckReport {
     /// [`CheckConfig::fail_on_handler_error`](super::CheckConfig::fail_on_handler_error)
     /// is set.
     pub handler_errors: u32,
-    /// Longest lifetime of a case's child process.
+    /// Maximum lifetime of a case's child process.
     pub slowest_case: Duration,
     /// Largest peak resident set size of a case's child, in bytes.
     pub max_peak_rss_bytes: u64,
@@ -107,7 +107,7 @@ pub struct CheckFailure<A, E> {
     pub handler: &'static str,
     /// The smallest failing input proptest's shrinking reached.
     pub minimal_input: A,
-    /// What `minimal_input` produced in its last run.
+    /// The outcome `minimal_input` produced in its last run.
     pub error: IsolationError<E>,
     /// The last bytes the failing child wrote to stderr.
     pub stderr_tail: String,
