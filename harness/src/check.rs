@@ -106,6 +106,7 @@ use std::cell::RefCell;
 use std::collections::HashMap;
 use std::fmt::Debug;
 use std::hash::{BuildHasher, Hasher, RandomState};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
 use isolated_executor::{
@@ -116,7 +117,7 @@ use proptest::test_runner::{
     Config, FailurePersistence, RngSeed, TestCaseError, TestError, TestRunner,
 };
 
-use self::persistence::{RecordingPersistence, lock};
+use self::persistence::{PersistenceLog, RecordingPersistence, lock};
 pub use self::report::{CheckFailure, CheckReport, FailureKind, Replay};
 
 /// Timeout per case of [`CheckConfig::new`]: 2 s. Shorter than the
@@ -347,7 +348,8 @@ where
         }
         Err(TestError::Abort(reason)) => {
             panic!(
-                "proptest aborted the isolated check of {} after {} cases: {reason}",
+                "proptest aborted the isolated check of {} after {} cases: {reason}; \
+                 check that the strategy can generate values (a prop_filter may reject too many)",
                 handler.name(),
                 progress.executions
             )
@@ -362,14 +364,14 @@ struct RunnerSetup {
     config: Config,
     rng_seed: u64,
     persistence_name: Option<String>,
-    log: Option<std::sync::Arc<std::sync::Mutex<persistence::PersistenceLog>>>,
+    log: Option<Arc<Mutex<PersistenceLog>>>,
 }
 
 impl RunnerSetup {
     fn new(config: &Config, caller_file: &'static str) -> Self {
         let mut config = config.clone();
 
-        // Each case is already a child process with its own timeout; a
+        // Each case is already a child process with its own timeout. A
         // forking runner would also lose the outcomes recorded below.
         config.fork = false;
         config.timeout = 0;
