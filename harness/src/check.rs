@@ -501,6 +501,8 @@ where
 
     let recorded_input = input.clone();
     let mut report = execute_isolated_report(handler, input, &config.context, &config.options);
+    // The outcome is taken out so the rest of the report can move into a
+    // FailedCase; the placeholder left behind is never read.
     let outcome = std::mem::replace(
         &mut report.outcome,
         Err(IsolationError::Unavailable {
