@@ -8,3 +8,6 @@ pub mod leak;
 pub mod misbehave;
 pub mod recorder;
 pub mod snapshot;
+pub use check::{
+    CheckConfig, CheckFailure, CheckReport, FailureKind, Replay, check_isolated, try_check_isolated,
+};
