@@ -98,8 +98,6 @@ pub struct Shepherd {
     pending: Option<(u64, Instant)>,
     /// The pid of the running child, 0 when none.
     child_pid: Arc<AtomicU32>,
-    /// Whether a `Started` frame arrived for the current request.
-    started: bool,
 }
 
 /// Sends a cancel for the execution running on a shepherd; used by a
@@ -143,7 +141,6 @@ impl Shepherd {
             next_id: 1,
             pending: None,
             child_pid: Arc::new(AtomicU32::new(0)),
-            started: false,
         }
     }
 
@@ -209,7 +206,6 @@ impl Shepherd {
     pub fn prepare(&mut self) -> (u64, Canceller) {
         let id = self.next_id;
         self.next_id += 1;
-        self.started = false;
         let canceller = Canceller {
             socket: Arc::clone(&self.socket),
             id,
@@ -255,11 +251,6 @@ impl Shepherd {
         self.child_pid()
     }
 
-    /// Whether the child of the current request has started.
-    pub fn child_started(&self) -> bool {
-        self.started
-    }
-
     fn await_report_blocking(
         &mut self,
         id: u64,
@@ -288,7 +279,6 @@ impl Shepherd {
                     Started::decode(body).map_err(|e| self.lost(&format!("invalid frame: {e}")))?;
                 if started.id == id {
                     self.child_pid.store(started.pid, Ordering::Relaxed);
-                    self.started = true;
                 }
                 Ok(None)
             }
