@@ -173,13 +173,16 @@ impl Shepherd {
     pub async fn start_async(handshake_timeout: Duration) -> Result<Shepherd, String> {
         let (sender, receiver) = tokio::sync::oneshot::channel();
         spawn_via_thread(move |result| {
-            let _ = sender.send(result);
+            // The future may be dropped before the send, which then returns
+            // the shepherd to be dropped here, or after it, which drops the
+            // shepherd with the channel. Either way the Shepherd's drop kills
+            // and reaps the process, so it cannot stay a zombie.
+            let _ = sender.send(result.map(|(process, socket)| Shepherd::new(process, socket)));
         });
-        let (process, socket) = receiver
+        let mut shepherd = receiver
             .await
             .map_err(|_| "the spawner thread dropped the request".to_string())?
             .map_err(|e| format!("failed to start a shepherd from /proc/self/exe: {e}"))?;
-        let mut shepherd = Shepherd::new(process, socket);
         let deadline = Instant::now() + handshake_timeout;
         match shepherd.read_frame_async(Some(deadline)).await {
             Ok((Kind::Hello, body)) => shepherd.check_hello(&body).map(|()| shepherd),
