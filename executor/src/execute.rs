@@ -329,8 +329,17 @@ mod tokio_api {
     /// Dropping the future before it completes terminates the child:
     /// the shepherd sends SIGTERM to the child's process group, SIGKILL
     /// after `shutdown_grace`, then kills and reaps every descendant. The
-    /// shepherd finishes this on its own after the drop and is reused once
-    /// it has reported. No telemetry event is emitted for a dropped future.
+    /// shepherd finishes this on its own after the drop and goes back to
+    /// the pool, where the next execution on it first waits for its report.
+    /// A future dropped while it waits for a free shepherd leaves the queue.
+    /// One dropped while a shepherd starts, or while the request is being
+    /// written, kills and reaps that shepherd. No telemetry event is emitted
+    /// for a dropped future.
+    ///
+    /// NOTE: a drop right after the request was written can send the cancel
+    /// before the shepherd has read the request. The shepherd then reads
+    /// both at once, misses the cancel, and the child runs until it ends or
+    /// times out.
     pub fn execute_isolated_async<H: Handler>(
         handler: &H,
         args: H::Args,
