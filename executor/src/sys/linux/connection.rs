@@ -534,8 +534,8 @@ mod async_io {
             }
         }
 
-        /// Sends the request of a run without waiting for its report. Returns
-        /// `Ok(false)` if the shepherd had to be given up.
+        /// Sends the request of a run without waiting for its report, after
+        /// reading the report of a cancelled execution that is still owed.
         pub async fn send_async(&mut self, request: &Request) -> Result<(), Lost> {
             if let Some((id, since)) = self.pending.take() {
                 let deadline = since + Duration::from_secs(30);
