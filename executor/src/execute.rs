@@ -160,23 +160,24 @@ impl Prepared {
         ExecutionReport::without_child(self.name, Err(error), self.entered.elapsed())
     }
 
-    /// Reasons to give up before taking a shepherd.
-    fn precheck<T, E>(&self) -> Result<&[u8], ExecutionReport<T, E>> {
+    /// Returns the payload, or the error that ends the execution before it
+    /// takes a shepherd.
+    fn precheck<E>(&self) -> Result<&[u8], IsolationError<E>> {
         if !sys::SUPPORTED {
-            return Err(self.early(IsolationError::Unavailable {
+            return Err(IsolationError::Unavailable {
                 reason: sys::UNSUPPORTED.into(),
-            }));
+            });
         }
         if sys::entry::is_undiverted_shepherd() {
-            return Err(self.early(IsolationError::Unavailable {
+            return Err(IsolationError::Unavailable {
                 reason: sys::HOOK_MISSING.into(),
-            }));
+            });
         }
         match &self.payload {
             Ok(payload) => Ok(payload),
-            Err(detail) => Err(self.early(IsolationError::Crashed(CrashReason::Protocol {
+            Err(detail) => Err(IsolationError::Crashed(CrashReason::Protocol {
                 detail: detail.clone(),
-            }))),
+            })),
         }
     }
 
@@ -238,7 +239,7 @@ const ATTEMPTS: u32 = 2;
 fn run_blocking<H: Handler>(prepared: Prepared) -> ExecutionReport<H::Output, H::Error> {
     let payload = match prepared.precheck() {
         Ok(payload) => payload,
-        Err(report) => return report,
+        Err(error) => return prepared.early(error),
     };
     let supervisor = prepared.supervisor();
     let _permit = match supervisor.acquire_blocking() {
@@ -411,7 +412,7 @@ mod tokio_api {
     {
         let payload = match prepared.precheck() {
             Ok(payload) => payload.to_vec(),
-            Err(report) => return report,
+            Err(error) => return prepared.early(error),
         };
         let supervisor = prepared.supervisor();
         let _permit = match supervisor.acquire().await {
