@@ -160,7 +160,8 @@ impl Prepared {
         ExecutionReport::without_child(self.name, Err(error), self.entered.elapsed())
     }
 
-    /// Reasons to give up before taking a shepherd.
+    /// Returns the payload, or the error that ends the execution before it
+    /// takes a shepherd.
     fn precheck<E>(&self) -> Result<&[u8], IsolationError<E>> {
         if !sys::SUPPORTED {
             return Err(IsolationError::Unavailable {
@@ -227,8 +228,12 @@ fn trampoline_offset<H: Handler>() -> i64 {
     sys::trampoline_offset(crate::child::trampoline_of::<H>())
 }
 
-/// How many times a request is sent when the shepherd dies before its child
-/// starts, which happens when an idle shepherd was killed from outside.
+/// How many times a request is sent when the shepherd is found dead while
+/// the request is written, which happens when an idle shepherd was killed
+/// from outside. A request that was written in full is never sent again,
+/// because the shepherd may have started its child and died before it
+/// reported the start, and a second run would repeat the handler's side
+/// effects.
 const ATTEMPTS: u32 = 2;
 
 fn run_blocking<H: Handler>(prepared: Prepared) -> ExecutionReport<H::Output, H::Error> {
@@ -268,7 +273,9 @@ fn run_blocking<H: Handler>(prepared: Prepared) -> ExecutionReport<H::Output, H:
             handler = prepared.name,
             "sending request"
         );
+        let mut delivered = false;
         let result = shepherd.send_blocking(&request).and_then(|()| {
+            delivered = true;
             supervisor.mark_sent(ticket);
             shepherd.receive_blocking(&request, prepared.report_limit(), config.report_margin)
         });
@@ -280,11 +287,10 @@ fn run_blocking<H: Handler>(prepared: Prepared) -> ExecutionReport<H::Output, H:
                 return prepared.finish(&report, queue_wait);
             }
             Err(sys::Lost(detail)) => {
-                let started = shepherd.child_started();
                 let pid = shepherd.last_child_pid();
                 drop(shepherd);
-                if !started && attempt < ATTEMPTS && !supervisor.is_shut_down() {
-                    tracing::warn!(%detail, "shepherd lost before the child started; retrying with a new shepherd");
+                if !delivered && attempt < ATTEMPTS && !supervisor.is_shut_down() {
+                    tracing::warn!(%detail, "shepherd lost before it received the request; retrying with a new shepherd");
                     continue;
                 }
                 return prepared.lost(&supervisor, detail, pid, queue_wait);
@@ -324,8 +330,12 @@ mod tokio_api {
     /// Dropping the future before it completes terminates the child:
     /// the shepherd sends SIGTERM to the child's process group, SIGKILL
     /// after `shutdown_grace`, then kills and reaps every descendant. The
-    /// shepherd finishes this on its own after the drop and is reused once
-    /// it has reported. No telemetry event is emitted for a dropped future.
+    /// shepherd finishes this on its own after the drop and goes back to
+    /// the pool, where the next execution on it first waits for its report.
+    /// A future dropped while it waits for a free shepherd leaves the queue.
+    /// One dropped while a shepherd starts, or while the request is being
+    /// written, kills and reaps that shepherd. No telemetry event is emitted
+    /// for a dropped future.
     pub fn execute_isolated_async<H: Handler>(
         handler: &H,
         args: H::Args,
@@ -453,6 +463,7 @@ mod tokio_api {
                     Err(lost) => Err(lost),
                 }
             };
+            let delivered = flight.sent;
             let mut shepherd = flight
                 .shepherd
                 .take()
@@ -465,12 +476,11 @@ mod tokio_api {
                     return prepared.finish(&report, queue_wait);
                 }
                 Err(sys::Lost(detail)) => {
-                    let started = shepherd.child_started();
                     let pid = shepherd.last_child_pid();
                     shepherd.destroy();
                     drop(shepherd);
-                    if !started && attempt < ATTEMPTS && !supervisor.is_shut_down() {
-                        tracing::warn!(%detail, "shepherd lost before the child started; retrying with a new shepherd");
+                    if !delivered && attempt < ATTEMPTS && !supervisor.is_shut_down() {
+                        tracing::warn!(%detail, "shepherd lost before it received the request; retrying with a new shepherd");
                         continue;
                     }
                     return prepared.lost(&supervisor, detail, pid, queue_wait);

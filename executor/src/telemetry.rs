@@ -1,9 +1,12 @@
 //! The telemetry event emitted once per execution.
 //!
-//! After the outcome is known, the calling thread or task emits one
-//! `tracing` event with target [`TARGET`] inside a debug span named
-//! `isolated_execution` that carries the handler name. The library never
-//! installs a subscriber.
+//! After the outcome is known, the calling thread (for the async
+//! functions, the task that awaits the future) emits one `tracing` event
+//! with target [`TARGET`] and the message `isolated execution finished`.
+//! The event is inside a debug span named [`SPAN_NAME`] whose only field is
+//! `handler`, and that span is a child of the span current at the call. A
+//! dropped async future emits no event. The library never installs a
+//! subscriber.
 //!
 //! | field | type | meaning |
 //! |---|---|---|
@@ -12,8 +15,8 @@
 //! | `reason` | string | the `Display` text of the error; empty for `ok` |
 //! | `duration_us` | u64 | wall-clock time of the whole call in microseconds |
 //! | `queue_wait_us` | u64 | time spent waiting for a free shepherd in microseconds |
-//! | `pid` | u64 | the child's pid; 0 when no child started |
-//! | `peak_rss_bytes` | u64 | peak resident set size of the child; 0 when no child ran |
+//! | `pid` | u64 | the child's pid; 0 when no child started, or when the shepherd was lost before it reported the start |
+//! | `peak_rss_bytes` | u64 | peak resident set size of the child; 0 when no child ran, or when the shepherd was lost before its report |
 //!
 //! Levels: `INFO` for `ok` and `error`, `WARN` for `timeout`, `killed` and
 //! `crashed`, `ERROR` for `unavailable`.

@@ -3,7 +3,7 @@
 
 isolated_executor::enable_test_support!();
 
-mod common;
+mod procs;
 
 use std::os::unix::process::CommandExt;
 use std::time::Duration;
@@ -89,7 +89,7 @@ fn supervisor() -> Supervisor {
 #[test]
 fn setsid_grandchild_is_killed_after_ok() {
     let _serial = serial();
-    let fds_before = common::open_fds();
+    let fds_before = procs::open_fds();
     let supervisor = supervisor();
     let options = defaults().supervisor(supervisor.clone());
     let report = execute_isolated_report(
@@ -105,25 +105,25 @@ fn setsid_grandchild_is_killed_after_ok() {
     let child = report.pid.unwrap();
 
     assert!(
-        common::wait_gone(grandchild, Duration::from_secs(5)),
+        procs::wait_gone(grandchild, Duration::from_secs(5)),
         "grandchild {grandchild} survived"
     );
     assert!(
-        common::wait_gone(child, Duration::from_secs(5)),
+        procs::wait_gone(child, Duration::from_secs(5)),
         "child {child} survived"
     );
     assert!(report.descendants_killed >= 1, "{report:?}");
-    common::assert_shepherds_idle_and_childless(&supervisor);
+    procs::assert_shepherds_idle_and_childless(&supervisor);
 
     let shepherds = supervisor.idle_shepherd_pids();
     supervisor.shutdown();
     for shepherd in shepherds {
         assert!(
-            common::wait_gone(shepherd, Duration::from_secs(5)),
+            procs::wait_gone(shepherd, Duration::from_secs(5)),
             "shepherd {shepherd} survived shutdown"
         );
     }
-    assert_eq!(common::open_fds(), fds_before);
+    assert_eq!(procs::open_fds(), fds_before);
 }
 
 #[test]
@@ -152,10 +152,10 @@ fn setsid_grandchild_is_killed_after_timeout() {
         .and_then(|pid| pid.parse().ok())
         .expect("the handler printed the grandchild pid");
     assert!(
-        common::wait_gone(grandchild, Duration::from_secs(5)),
+        procs::wait_gone(grandchild, Duration::from_secs(5)),
         "grandchild {grandchild} survived"
     );
-    common::assert_shepherds_idle_and_childless(&supervisor);
+    procs::assert_shepherds_idle_and_childless(&supervisor);
     supervisor.shutdown();
 }
 
@@ -183,10 +183,10 @@ fn sigterm_ignoring_child_is_killed_after_grace() {
     assert!(elapsed >= Duration::from_millis(400), "{elapsed:?}");
     let child = report.pid.unwrap();
     assert!(
-        common::wait_gone(child, Duration::from_secs(5)),
+        procs::wait_gone(child, Duration::from_secs(5)),
         "child {child} survived"
     );
-    common::assert_shepherds_idle_and_childless(&supervisor);
+    procs::assert_shepherds_idle_and_childless(&supervisor);
     supervisor.shutdown();
 }
 
@@ -205,7 +205,7 @@ fn many_outcomes_leave_no_fd_behind() {
         &Context::new(),
         &options,
     );
-    let fds_before = common::open_fds();
+    let fds_before = procs::open_fds();
     for _ in 0..5 {
         let _ = execute_isolated(
             &Misbehave,
@@ -215,7 +215,7 @@ fn many_outcomes_leave_no_fd_behind() {
         );
         let _ = execute_isolated(&Misbehave, Plan::IgnoreTerm, &Context::new(), &options);
     }
-    assert_eq!(common::open_fds(), fds_before);
-    common::assert_shepherds_idle_and_childless(&supervisor);
+    assert_eq!(procs::open_fds(), fds_before);
+    procs::assert_shepherds_idle_and_childless(&supervisor);
     supervisor.shutdown();
 }

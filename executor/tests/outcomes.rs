@@ -2,8 +2,6 @@
 
 isolated_executor::enable_test_support!();
 
-mod common;
-
 use std::os::unix::process::CommandExt;
 use std::time::{Duration, Instant};
 

@@ -98,8 +98,6 @@ pub struct Shepherd {
     pending: Option<(u64, Instant)>,
     /// The pid of the running child, 0 when none.
     child_pid: Arc<AtomicU32>,
-    /// Whether a `Started` frame arrived for the current request.
-    started: bool,
 }
 
 /// Sends a cancel for the execution running on a shepherd; used by a
@@ -143,7 +141,6 @@ impl Shepherd {
             next_id: 1,
             pending: None,
             child_pid: Arc::new(AtomicU32::new(0)),
-            started: false,
         }
     }
 
@@ -158,7 +155,7 @@ impl Shepherd {
             .map_err(|_| "the spawner thread dropped the request".to_string())?
             .map_err(|e| format!("failed to start a shepherd from /proc/self/exe: {e}"))?;
         let mut shepherd = Shepherd::new(process, socket);
-        let deadline = Instant::now() + handshake_timeout;
+        let deadline = super::deadline_after(Instant::now(), handshake_timeout);
         match shepherd.read_frame_blocking(Some(deadline)) {
             Ok((Kind::Hello, body)) => shepherd.check_hello(&body).map(|()| shepherd),
             Ok((kind, _)) => Err(format!("shepherd sent {kind:?} instead of its handshake")),
@@ -176,14 +173,17 @@ impl Shepherd {
     pub async fn start_async(handshake_timeout: Duration) -> Result<Shepherd, String> {
         let (sender, receiver) = tokio::sync::oneshot::channel();
         spawn_via_thread(move |result| {
-            let _ = sender.send(result);
+            // The future may be dropped before the send, which then returns
+            // the shepherd to be dropped here, or after it, which drops the
+            // shepherd with the channel. Either way the Shepherd's drop kills
+            // and reaps the process, so it cannot stay a zombie.
+            let _ = sender.send(result.map(|(process, socket)| Shepherd::new(process, socket)));
         });
-        let (process, socket) = receiver
+        let mut shepherd = receiver
             .await
             .map_err(|_| "the spawner thread dropped the request".to_string())?
             .map_err(|e| format!("failed to start a shepherd from /proc/self/exe: {e}"))?;
-        let mut shepherd = Shepherd::new(process, socket);
-        let deadline = Instant::now() + handshake_timeout;
+        let deadline = super::deadline_after(Instant::now(), handshake_timeout);
         match shepherd.read_frame_async(Some(deadline)).await {
             Ok((Kind::Hello, body)) => shepherd.check_hello(&body).map(|()| shepherd),
             Ok((kind, _)) => Err(format!("shepherd sent {kind:?} instead of its handshake")),
@@ -209,7 +209,6 @@ impl Shepherd {
     pub fn prepare(&mut self) -> (u64, Canceller) {
         let id = self.next_id;
         self.next_id += 1;
-        self.started = false;
         let canceller = Canceller {
             socket: Arc::clone(&self.socket),
             id,
@@ -245,7 +244,13 @@ impl Shepherd {
         report_limit: u64,
         safety_margin: Duration,
     ) -> Result<Report, Lost> {
-        let deadline = Instant::now() + request.timeout + request.grace + safety_margin;
+        let deadline = super::deadline_after(
+            Instant::now(),
+            request
+                .timeout
+                .saturating_add(request.grace)
+                .saturating_add(safety_margin),
+        );
         self.await_report_blocking(request.id, report_limit, deadline)
     }
 
@@ -253,11 +258,6 @@ impl Shepherd {
     /// reported yet.
     pub fn last_child_pid(&self) -> Option<u32> {
         self.child_pid()
-    }
-
-    /// Whether the child of the current request has started.
-    pub fn child_started(&self) -> bool {
-        self.started
     }
 
     fn await_report_blocking(
@@ -288,7 +288,6 @@ impl Shepherd {
                     Started::decode(body).map_err(|e| self.lost(&format!("invalid frame: {e}")))?;
                 if started.id == id {
                     self.child_pid.store(started.pid, Ordering::Relaxed);
-                    self.started = true;
                 }
                 Ok(None)
             }
@@ -319,7 +318,7 @@ impl Shepherd {
 
     fn settle_pending_blocking(&mut self) -> Result<(), Lost> {
         if let Some((id, since)) = self.pending.take() {
-            let deadline = since + Duration::from_secs(30);
+            let deadline = super::deadline_after(since, Duration::from_secs(30));
             self.await_report_blocking(id, u64::MAX >> 1, deadline)?;
         }
         Ok(())
@@ -419,6 +418,11 @@ impl Shepherd {
 
     /// Kills the shepherd and the group of its running child, then reaps the
     /// shepherd. Returns how it ended.
+    ///
+    /// NOTE: when the shepherd died before its `Started` frame arrived, the
+    /// child's pid is unknown here; the child itself dies through
+    /// `PR_SET_PDEATHSIG`, but processes it started in another session outlive
+    /// it.
     pub fn destroy(&mut self) -> String {
         if let Some(child) = self.child_pid() {
             let _ = syscalls::kill(KillTarget::Group(child as libc::pid_t), libc::SIGKILL);
@@ -541,11 +545,11 @@ mod async_io {
             }
         }
 
-        /// Sends the request of a run without waiting for its report. Returns
-        /// `Ok(false)` if the shepherd had to be given up.
+        /// Sends the request of a run without waiting for its report, after
+        /// reading the report of a cancelled execution that is still owed.
         pub async fn send_async(&mut self, request: &Request) -> Result<(), Lost> {
             if let Some((id, since)) = self.pending.take() {
-                let deadline = since + Duration::from_secs(30);
+                let deadline = super::super::deadline_after(since, Duration::from_secs(30));
                 self.await_report_async(id, u64::MAX >> 1, deadline).await?;
             }
             let body = request.encode();
@@ -564,7 +568,13 @@ mod async_io {
             report_limit: u64,
             safety_margin: Duration,
         ) -> Result<Report, Lost> {
-            let deadline = Instant::now() + request.timeout + request.grace + safety_margin;
+            let deadline = super::super::deadline_after(
+                Instant::now(),
+                request
+                    .timeout
+                    .saturating_add(request.grace)
+                    .saturating_add(safety_margin),
+            );
             self.await_report_async(request.id, report_limit, deadline)
                 .await
         }

@@ -35,3 +35,15 @@ pub fn fingerprint() -> Vec<u8> {
 pub fn trampoline_offset(trampoline: crate::child::Trampoline) -> i64 {
     identity::offset_of(trampoline)
 }
+
+/// Returns `start + duration`, or a point about 30 years later when the
+/// sum does not fit in an `Instant`, which is "never" for a timeout.
+pub fn deadline_after(
+    start: std::time::Instant,
+    duration: std::time::Duration,
+) -> std::time::Instant {
+    start
+        .checked_add(duration)
+        .or_else(|| start.checked_add(std::time::Duration::from_secs(30 * 365 * 86_400)))
+        .unwrap_or(start)
+}

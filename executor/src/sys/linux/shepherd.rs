@@ -360,8 +360,13 @@ impl Shepherd {
         stderr: &mut Tail,
         records: &mut Records,
     ) {
-        let deadline = started_at + request.timeout;
+        let deadline = super::deadline_after(started_at, request.timeout);
         let mut phase = Phase::Running;
+        // A cancel may have arrived in the same read as the request.
+        if self.scan_for_cancel(request.id) {
+            report.cancelled = true;
+            phase = self.terminate(pid, request.grace, report);
+        }
         loop {
             let now = Instant::now();
             match phase {
@@ -425,13 +430,19 @@ impl Shepherd {
     /// Reads what the caller sent during an execution. Returns whether it
     /// cancelled the execution `id`. Exits the shepherd if the caller is gone.
     fn read_control(&mut self, id: u64) -> bool {
-        let mut cancelled = false;
         match syscalls::read(self.socket, &mut self.buffer) {
             Ok(0) => self.caller_gone(),
             Ok(n) => self.inbox.extend_from_slice(&self.buffer[..n]),
             Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
             Err(_) => self.caller_gone(),
         }
+        self.scan_for_cancel(id)
+    }
+
+    /// Decodes the frames already read from the socket. Returns whether one
+    /// cancels the execution `id`.
+    fn scan_for_cancel(&mut self, id: u64) -> bool {
+        let mut cancelled = false;
         loop {
             match self.decode_inbox() {
                 None => self.caller_gone(),
