@@ -37,7 +37,7 @@ fn note(size: usize) {
 }
 
 // SAFETY: every method forwards to `System` with the same arguments, so the
-// allocator contract holds as it does for `System`. `note` only touches
+// allocator contract is met as it is for `System`. `note` only touches
 // const-initialized thread-locals without destructors, which never
 // allocate.
 unsafe impl GlobalAlloc for Measuring {
