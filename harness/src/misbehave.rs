@@ -85,6 +85,15 @@ pub enum Misbehaviour {
     /// Sends SIGKILL to its parent, the shepherd, then sleeps until the
     /// parent-death signal kills it.
     KillShepherd,
+    /// Starts `program` (the `setsid_sleeper` fixture) like
+    /// [`Misbehaviour::SpawnSetsidSleeper`], writes its pid to `pidfile`,
+    /// then kills the shepherd like [`Misbehaviour::KillShepherd`].
+    KillShepherdAfterSetsid {
+        /// Path of the `setsid_sleeper` fixture.
+        program: PathBuf,
+        /// File that receives the sleeper's pid in decimal.
+        pidfile: PathBuf,
+    },
 }
 
 /// The output of a [`Misbehave`] execution that returns.
@@ -165,6 +174,16 @@ impl Handler for Misbehave {
                 Ok(Returned::Bytes(buffer))
             }
             Misbehaviour::KillShepherd => {
+                kill_parent()?;
+                std::thread::sleep(LONG_SLEEP);
+                Ok(Returned::Done)
+            }
+            Misbehaviour::KillShepherdAfterSetsid { program, pidfile } => {
+                let Returned::Pids(pids) = spawn_setsid_sleeper(&program)? else {
+                    unreachable!("spawn_setsid_sleeper returns pids");
+                };
+                std::fs::write(&pidfile, pids[0].to_string())
+                    .map_err(|e| format!("writing {} failed: {e}", pidfile.display()))?;
                 kill_parent()?;
                 std::thread::sleep(LONG_SLEEP);
                 Ok(Returned::Done)

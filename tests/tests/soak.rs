@@ -1,5 +1,5 @@
 //! A soak run: thousands of mixed executions from two caller threads, each
-//! classified as its plan says, with the caller's fds, descendants and
+//! classified as its plan requires, with the caller's fds, descendants and
 //! memory back at the baseline afterwards.
 //!
 //! The default run has 2,000 executions. Set `ISOLATED_SOAK` to another
