@@ -1,5 +1,5 @@
 //! Fixture handlers and test helpers for `isolated-executor`.
-#![forbid(unsafe_code)]
+#![deny(unsafe_code)]
 
 pub mod check;
 pub mod fault;
