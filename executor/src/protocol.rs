@@ -177,6 +177,14 @@ impl FrameDecoder {
         let missing = usize::try_from(header.len).unwrap_or(usize::MAX) - self.body.len();
         let rest = &input[used..];
         let take = missing.min(rest.len());
+        // Grow by doubling, but never past the announced length, so the
+        // body never holds more than `max_len` bytes of capacity.
+        let needed = self.body.len() + take;
+        if needed > self.body.capacity() {
+            let announced = usize::try_from(header.len).unwrap_or(usize::MAX);
+            let target = (self.body.capacity() * 2).max(needed).min(announced);
+            self.body.reserve_exact(target - self.body.len());
+        }
         self.body.extend_from_slice(&rest[..take]);
         used += take;
         if self.body.len() as u64 == header.len {
