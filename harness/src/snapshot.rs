@@ -50,19 +50,20 @@ pub const LINE: &str = "[line]";
 pub const PATH: &str = "[path]";
 
 /// Fields replaced with a placeholder wherever they appear.
-const VOLATILE_FIELDS: [(&str, &str); 11] = [
-    ("pid", PID),
+const VOLATILE_FIELDS: [(&str, &str); 8] = [
     ("duration_us", DURATION),
     ("queue_wait_us", DURATION),
     ("duration", DURATION),
     ("queue_wait", DURATION),
     ("child_duration", DURATION),
-    ("peak_rss_bytes", BYTES),
     ("requested", BYTES),
     ("stderr_bytes", BYTES),
-    ("timeout_overrun", DURATION),
     ("descendants_killed", "[count]"),
 ];
+
+/// Fields replaced with a placeholder unless they are 0, which means that no
+/// child ran and is the same in every run.
+const VOLATILE_UNLESS_ZERO: [(&str, &str); 2] = [("pid", PID), ("peak_rss_bytes", BYTES)];
 
 /// Text fields passed through [`normalize_text`] wherever they appear.
 const TEXT_FIELDS: [&str; 6] = [
@@ -79,12 +80,23 @@ const TEXT_FIELDS: [&str; 6] = [
 /// choices of the caller are kept).
 ///
 /// A `null` field stays `null`, so a snapshot still shows whether an
-/// optional value such as `requested` was present.
+/// optional value such as `requested` was present. A `pid` or
+/// `peak_rss_bytes` of 0 stays 0, so a snapshot still shows that no child
+/// ran.
 pub fn settings() -> insta::Settings {
     let mut settings = insta::Settings::clone_current();
     for (field, placeholder) in VOLATILE_FIELDS {
         settings.add_dynamic_redaction(&format!(".**.{field}"), move |value, _path| {
             redact_unless_null(value, placeholder)
+        });
+    }
+    for (field, placeholder) in VOLATILE_UNLESS_ZERO {
+        settings.add_dynamic_redaction(&format!(".**.{field}"), move |value, _path| {
+            if matches!(value.as_u64(), Some(0)) {
+                value
+            } else {
+                redact_unless_null(value, placeholder)
+            }
         });
     }
     for field in TEXT_FIELDS {
@@ -207,7 +219,7 @@ fn normalize_line(line: &str) -> String {
     replace_positions(&line)
 }
 
-/// `thread 'name' (4719)` to `thread 'name' ([tid])`.
+/// Replaces the id in `thread 'name' (4719)` with `[tid]`.
 fn replace_thread_ids(line: &str) -> String {
     let mut out = String::with_capacity(line.len());
     let mut rest = line;
@@ -342,7 +354,7 @@ fn next_is_word_char(text: &str) -> bool {
         .is_some_and(|c| c.is_alphanumeric() || c == '_')
 }
 
-/// `file.rs:12:5` to `file.rs:[line]:[line]`, and `file.rs:12` to
+/// Replaces `file.rs:12:5` with `file.rs:[line]:[line]`, and `file.rs:12` with
 /// `file.rs:[line]`.
 fn replace_positions(line: &str) -> String {
     let mut out = String::with_capacity(line.len());
@@ -452,7 +464,8 @@ mod tests {
             "duration_us": 17,
             "peak_rss_bytes": 1234,
             "requested": null,
-            "reason": "crashed: panicked at src/a.rs:1:2: thread 'x' (12) died"
+            "reason": "crashed: panicked at src/a.rs:1:2: thread 'x' (12) died",
+            "without_child": { "pid": 0, "peak_rss_bytes": 0, "duration_us": 0 }
         });
         settings().bind(|| {
             insta::assert_json_snapshot!("settings_redact_volatile_fields", value);
