@@ -8,11 +8,13 @@
 //! under some [`Options`], and [`OutcomeKind::of`] reads the kind of a real
 //! outcome, so a property test compares the two.
 //!
-//! The oracle only answers where the answer does not depend on timing or on
+//! The oracle only returns an outcome where the outcome does not depend on timing or on
 //! allocator details: a plan finishes well before the deadline or sleeps far
 //! past it, and allocates at most half of the heap budget or at least twice
 //! it. [`fault_strategy`] and [`options_strategy`] generate only plans and
-//! options that meet these rules.
+//! options that meet these rules. [`case_strategy`] pairs each plan with
+//! options and gives a plan that must time out a short timeout, so it costs
+//! little.
 
 use std::fmt;
 use std::time::Duration;
@@ -224,10 +226,12 @@ impl fmt::Display for OutcomeKind {
     }
 }
 
-/// Time that any plan needs besides its own sleep, as an upper estimate:
-/// child start-up, a panic that prints a symbolised backtrace when
-/// `RUST_BACKTRACE` is set (about 0.2 s on a debug build), writing 32 MiB.
-pub const SETTLE_TIME: Duration = Duration::from_secs(1);
+/// Time that any plan needs besides its own sleep, as a generous upper
+/// estimate: child start-up, writing 32 MiB, or a panic that prints a
+/// symbolised backtrace because `RUST_BACKTRACE` is set. Such a panic took
+/// 0.2 s on an idle two-core machine with a debug build, and more than
+/// 1.2 s on the same machine with both cores busy.
+pub const SETTLE_TIME: Duration = Duration::from_secs(5);
 
 /// The error of [`try_expected_outcome`] for a plan near a boundary.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -302,9 +306,10 @@ pub fn try_expected_outcome(fault: &Fault, options: &Options) -> Result<OutcomeK
     })
 }
 
-/// Sleep of the plans that must time out: 60 s, far past every timeout
-/// [`options_strategy`] generates. The child is stopped at the deadline, so
-/// such a plan costs the timeout, not the sleep.
+/// Sleep of the plans that must time out: 60 s, at least twice every
+/// timeout that [`options_strategy`] and [`case_strategy`] generate. The
+/// child is stopped at the deadline, so such a plan costs its timeout, not
+/// the sleep.
 pub const LONG_SLEEP_MILLIS: u64 = 60_000;
 
 /// Maximum sleep of the plans that must finish: 100 ms.
@@ -317,9 +322,13 @@ pub const ALLOCATION_SIZES: [u64; 4] = [512 << 10, 2 << 20, 8 << 20, 32 << 20];
 /// Heap budgets of generated options besides `None`: 4, 16 and 64 MiB.
 pub const HEAP_BUDGETS: [u64; 3] = [4 << 20, 16 << 20, 64 << 20];
 
-/// Timeouts of generated options: 1.2 s and 2 s, both above
-/// [`SHORT_SLEEP_MAX_MILLIS`] plus [`SETTLE_TIME`].
-pub const TIMEOUTS: [Duration; 2] = [Duration::from_millis(1200), Duration::from_secs(2)];
+/// Timeouts of generated options for plans that must finish: 10 s and
+/// 20 s, both above [`SHORT_SLEEP_MAX_MILLIS`] plus [`SETTLE_TIME`].
+pub const TIMEOUTS: [Duration; 2] = [Duration::from_secs(10), Duration::from_secs(20)];
+
+/// Timeouts that [`case_strategy`] gives the plans that sleep
+/// [`LONG_SLEEP_MILLIS`]: 200 ms and 500 ms, so a timeout costs little.
+pub const SHORT_TIMEOUTS: [Duration; 2] = [Duration::from_millis(200), Duration::from_millis(500)];
 
 /// Generates every [`CrashMode`], with random panic messages and exit codes
 /// from 0 to 125.
@@ -344,8 +353,8 @@ pub fn alloc_pattern_strategy() -> impl Strategy<Value = AllocPattern> {
 /// Generates fault plans whose outcome [`expected_outcome`] predicts under
 /// every option from [`options_strategy`].
 ///
-/// Short sleeps last at most [`SHORT_SLEEP_MAX_MILLIS`]; about one plan in
-/// fifteen sleeps [`LONG_SLEEP_MILLIS`] and so costs its timeout.
+/// Short sleeps last at most [`SHORT_SLEEP_MAX_MILLIS`]. About one plan in
+/// fifteen sleeps [`LONG_SLEEP_MILLIS`], which only a timeout ends.
 /// Allocations take their size from [`ALLOCATION_SIZES`].
 pub fn fault_strategy() -> impl Strategy<Value = Fault> {
     prop_oneof![
@@ -364,17 +373,51 @@ pub fn fault_strategy() -> impl Strategy<Value = Fault> {
     ]
 }
 
-/// Generates options from [`defaults()`] with a timeout from [`TIMEOUTS`]
-/// and a heap budget from [`HEAP_BUDGETS`] or none.
-pub fn options_strategy() -> impl Strategy<Value = Options> {
+/// Generates options from [`defaults()`] with a timeout from `timeouts` and a
+/// heap budget from [`HEAP_BUDGETS`] or none.
+fn options_with_timeouts(timeouts: &[Duration]) -> impl Strategy<Value = Options> + use<> {
     let budgets: Vec<Option<u64>> = std::iter::once(None)
         .chain(HEAP_BUDGETS.into_iter().map(Some))
         .collect();
     (
-        proptest::sample::select(TIMEOUTS.to_vec()),
+        proptest::sample::select(timeouts.to_vec()),
         proptest::sample::select(budgets),
     )
         .prop_map(|(timeout, budget)| defaults().timeout(timeout).max_heap_size(budget))
+}
+
+/// Generates options from [`defaults()`] with a timeout from [`TIMEOUTS`]
+/// and a heap budget from [`HEAP_BUDGETS`] or none.
+///
+/// Every plan from [`fault_strategy`] has a predictable outcome under these
+/// options, but a plan that sleeps [`LONG_SLEEP_MILLIS`] then runs for its
+/// whole 10 or 20 s timeout. Use [`case_strategy`] to keep those cheap.
+pub fn options_strategy() -> impl Strategy<Value = Options> {
+    options_with_timeouts(&TIMEOUTS)
+}
+
+/// Generates options for `fault`: like [`options_strategy`], except that a
+/// plan that must time out gets a timeout from [`SHORT_TIMEOUTS`].
+///
+/// A plan that finishes by itself always gets a timeout of at least 10 s, so
+/// only a machine slowed far past [`SETTLE_TIME`] turns it into a timeout.
+pub fn options_for(fault: &Fault) -> impl Strategy<Value = Options> + use<> {
+    let must_time_out =
+        matches!(fault, Fault::Sleep { millis, .. } if *millis >= LONG_SLEEP_MILLIS);
+    if must_time_out {
+        options_with_timeouts(&SHORT_TIMEOUTS)
+    } else {
+        options_with_timeouts(&TIMEOUTS)
+    }
+}
+
+/// Generates a plan from [`fault_strategy`] with options from
+/// [`options_for`] that plan.
+pub fn case_strategy() -> impl Strategy<Value = (Fault, Options)> {
+    fault_strategy().prop_flat_map(|fault| {
+        let options = options_for(&fault);
+        (Just(fault), options)
+    })
 }
 
 #[cfg(test)]
@@ -389,7 +432,7 @@ mod tests {
 
     #[test]
     fn oracle_predicts_each_plan_kind() {
-        let options = options(2000, Some(4 << 20));
+        let options = options(10_000, Some(4 << 20));
         let cases = [
             (Fault::Succeed { value: 1 }, OutcomeKind::Ok),
             (
@@ -401,7 +444,7 @@ mod tests {
             ),
             (
                 Fault::Sleep {
-                    millis: 4000,
+                    millis: 20_000,
                     value: 1,
                 },
                 OutcomeKind::Timeout,
@@ -448,15 +491,15 @@ mod tests {
     #[test]
     fn oracle_rejects_plans_near_a_boundary() {
         let near_timeout = Fault::Sleep {
-            millis: 1500,
+            millis: 8000,
             value: 0,
         };
-        assert!(try_expected_outcome(&near_timeout, &options(2000, None)).is_err());
+        assert!(try_expected_outcome(&near_timeout, &options(10_000, None)).is_err());
         let near_budget = Fault::Allocate {
             pattern: AllocPattern::OneBlock,
             bytes: 5 << 20,
         };
-        assert!(try_expected_outcome(&near_budget, &options(2000, Some(4 << 20))).is_err());
+        assert!(try_expected_outcome(&near_budget, &options(10_000, Some(4 << 20))).is_err());
         let fast_under_tiny_timeout = Fault::Succeed { value: 0 };
         assert!(try_expected_outcome(&fast_under_tiny_timeout, &options(100, None)).is_err());
     }
@@ -468,7 +511,7 @@ mod tests {
             bytes: 32 << 20,
         };
         assert_eq!(
-            expected_outcome(&fault, &options(2000, None)),
+            expected_outcome(&fault, &options(10_000, None)),
             OutcomeKind::Ok
         );
     }
@@ -477,6 +520,17 @@ mod tests {
         #[test]
         fn generated_plans_are_predictable(fault in fault_strategy(), options in options_strategy()) {
             prop_assert!(try_expected_outcome(&fault, &options).is_ok());
+        }
+
+        #[test]
+        fn generated_cases_are_predictable((fault, options) in case_strategy()) {
+            let expected = try_expected_outcome(&fault, &options);
+            prop_assert!(expected.is_ok());
+            if expected == Ok(OutcomeKind::Timeout) {
+                prop_assert!(SHORT_TIMEOUTS.contains(&options.timeout));
+            } else {
+                prop_assert!(TIMEOUTS.contains(&options.timeout));
+            }
         }
 
         #[test]

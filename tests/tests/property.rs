@@ -6,24 +6,23 @@
 isolated_executor::enable_test_support!();
 
 use isolated_executor::{Context, Handler, execute_isolated_report};
-use isolated_harness::fault::{
-    FaultHandler, OutcomeKind, expected_outcome, fault_strategy, options_strategy,
-};
+use isolated_harness::fault::{FaultHandler, OutcomeKind, case_strategy, expected_outcome};
 use isolated_harness::leak::LeakCheck;
 use isolated_harness::recorder::record;
 use proptest::prelude::*;
 
 proptest! {
-    // 64 cases take about 10 to 20 s on two cores: most plans finish in a
-    // few milliseconds, and the ones that must time out cost 1.2 or 2 s.
+    // Most plans finish in a few milliseconds. A panic that prints a
+    // backtrace (RUST_BACKTRACE set) takes about 0.2 s, and a plan that must
+    // time out costs its timeout of 0.2 or 0.5 s.
     #![proptest_config(ProptestConfig {
-        cases: 64,
+        cases: 128,
         max_shrink_iters: 64,
         ..ProptestConfig::default()
     })]
 
     #[test]
-    fn outcome_matches_oracle(plan in fault_strategy(), options in options_strategy()) {
+    fn outcome_matches_oracle((plan, options) in case_strategy()) {
         let expected = expected_outcome(&plan, &options);
         let leaks = LeakCheck::start();
 
