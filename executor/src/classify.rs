@@ -157,6 +157,18 @@ where
             limits.max_result_size
         ));
     }
+    // The shepherd reads a little past the limit to leave room for record
+    // headers and markers, so a result up to that slack arrives whole and is
+    // checked here.
+    if let Some(ChildResult::Ok(bytes) | ChildResult::Err(bytes)) = &records.result {
+        if bytes.len() as u64 > limits.max_result_size {
+            return protocol(format!(
+                "the result is {} bytes, over the max_result_size of {} bytes; raise Options::max_result_size",
+                bytes.len(),
+                limits.max_result_size
+            ));
+        }
+    }
     match records.result {
         Some(ChildResult::Ok(bytes)) => postcard::from_bytes::<O>(&bytes).map_err(|e| {
             IsolationError::Crashed(CrashReason::Protocol {
@@ -369,6 +381,27 @@ mod tests {
         };
         assert!(
             detail.contains("max_result_size of 1048576 bytes"),
+            "{detail}"
+        );
+    }
+
+    #[test]
+    fn whole_result_over_limit_is_protocol() {
+        let bytes = postcard::to_stdvec(&"x".repeat(2000)).unwrap();
+        let report = exited(0, encode_record(record::OK, &bytes));
+        let Err(IsolationError::Crashed(CrashReason::Protocol { detail })) =
+            classify::<String, String>(
+                &report,
+                &Limits {
+                    max_result_size: 100,
+                    ..limits()
+                },
+            )
+        else {
+            panic!("expected a protocol error");
+        };
+        assert!(
+            detail.contains("the result is 2002 bytes, over the max_result_size of 100 bytes"),
             "{detail}"
         );
     }

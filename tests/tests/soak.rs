@@ -127,12 +127,6 @@ fn executions() -> usize {
 #[test]
 fn mixed_executions_leave_nothing_behind() {
     let _serial = serial();
-    // With RUST_BACKTRACE=1 every planned panic prints a backtrace, which
-    // costs about 85 ms per child and would dominate the run. Shepherds
-    // inherit the environment when they start, which is after this line.
-    // SAFETY: this binary has this one test and no other thread of it reads
-    // the environment while the variable is set.
-    unsafe { std::env::set_var("RUST_BACKTRACE", "0") };
     let total = executions();
 
     // Each thread warms up (starting its shepherd, growing its allocator
