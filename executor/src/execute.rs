@@ -100,6 +100,7 @@ impl Prepared {
         context: &Context,
         options: &Options,
     ) -> Self {
+        telemetry::register_idle_dispatcher();
         let payload = postcard::to_stdvec(&(handler, args, context)).map_err(|e| {
             format!(
                 "failed to serialize the handler or arguments of {}: {e}; check their Serialize impls",

@@ -39,6 +39,21 @@ pub fn level_of(category: &str) -> Level {
     }
 }
 
+/// Registers one idle dispatcher for the life of the process, before the
+/// first telemetry event.
+///
+/// tracing-core 0.1.36 computes a new callsite's interest from the
+/// registering thread's own dispatcher whenever exactly one dispatcher is
+/// registered. A test that records events with a scoped subscriber
+/// (`tracing::subscriber::with_default`) would then miss the telemetry
+/// event whenever another thread without a subscriber emitted it first:
+/// that thread caches "never" for the callsite. With a second registered
+/// dispatcher, tracing-core asks every registered one.
+pub(crate) fn register_idle_dispatcher() {
+    static IDLE: std::sync::OnceLock<tracing::Dispatch> = std::sync::OnceLock::new();
+    IDLE.get_or_init(|| tracing::Dispatch::new(tracing::subscriber::NoSubscriber::default()));
+}
+
 /// Emits the event for a finished execution.
 pub(crate) fn emit<T, E>(report: &ExecutionReport<T, E>) {
     let result = report.category();

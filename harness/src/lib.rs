@@ -16,19 +16,23 @@
 //!
 //! # Adding the crates
 //!
-//! In the `Cargo.toml` of the crate under test:
+//! The crates are not published yet. In the `Cargo.toml` of the crate under
+//! test, point at a checkout:
 //!
 //! ```toml
 //! [dev-dependencies]
-//! isolated-executor = "0.1"
-//! isolated-harness = "0.1"
+//! isolated-executor = { path = "../isolated-executor/executor" }
+//! isolated-harness = { path = "../isolated-executor/harness" }
 //! serde = { version = "1", features = ["derive"] }
 //! proptest = "1"
+//! # For `IsolationEvent::level` comparisons and snapshot tests:
+//! tracing = "0.1"
 //! insta = { version = "1", features = ["json", "redactions"] }
 //! ```
 //!
 //! Every integration-test file (each file under `tests/` is its own crate)
-//! that runs handlers needs the entry hook at its root, as its first item:
+//! that runs handlers needs the entry hook once, at the top of the file
+//! (after any `//!` docs and `#![...]` attributes):
 //!
 //! ```ignore
 //! isolated_executor::enable_test_support!();

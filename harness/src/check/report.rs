@@ -59,7 +59,8 @@ impl Display for CheckReport {
     }
 }
 
-/// Whether a failure is about the handler or about the executor.
+/// What failed: the property (`Property`, the handler misbehaved on an
+/// input) or the setup (`Setup`, the executor could not run a case).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum FailureKind {

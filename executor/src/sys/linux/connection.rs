@@ -25,7 +25,7 @@ pub const ENV_CALLER: &str = "ISOLATED_EXECUTOR_CALLER_PID";
 const SHEPHERD_ARGS: [&str; 3] = ["--exact", "--quiet", "__isolated_executor_hook_missing__"];
 
 /// The message given when a re-executed binary did not become a shepherd.
-pub const HOOK_MISSING: &str = "the re-executed binary did not start a shepherd: add `isolated_executor::enable_test_support!();` at the root of the test crate, or call `isolated_executor::init();` first in `main`";
+pub const HOOK_MISSING: &str = "the re-executed binary did not start a shepherd: add `isolated_executor::enable_test_support!();` at the top of this integration-test file (`tests/*.rs`, or `src/lib.rs` for unit tests), or call `isolated_executor::init();` first in `main` of a binary";
 
 /// Why a shepherd connection failed. The shepherd is unusable afterwards.
 #[derive(Debug)]
