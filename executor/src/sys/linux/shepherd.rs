@@ -30,8 +30,6 @@ pub fn run(socket: RawFd, caller_pid: libc::pid_t) -> ! {
     // The socket is blocking on this side; reads during an execution use poll.
     let _ = syscalls::set_nonblocking(socket, false);
 
-    warm_backtrace_cache();
-
     let fingerprint = identity::fingerprint().unwrap_or_default();
     let hello = Hello {
         pid: syscalls::getpid() as u32,
@@ -70,17 +68,6 @@ pub fn run(socket: RawFd, caller_pid: libc::pid_t) -> ! {
             Kind::Cancel => {}
             _ => exit(0),
         }
-    }
-}
-
-/// Resolves one backtrace when `RUST_BACKTRACE` asks for them, so std's
-/// symbol cache is loaded once here and every forked child inherits it.
-/// Without this, each panicking child parses the executable's debug info
-/// again before it prints its backtrace.
-fn warm_backtrace_cache() {
-    let wanted = std::env::var_os("RUST_BACKTRACE").is_some_and(|value| value != "0");
-    if wanted {
-        let _ = std::backtrace::Backtrace::force_capture().to_string();
     }
 }
 
