@@ -208,8 +208,9 @@ fn peak_memory_is_reported() {
 
 #[test]
 fn budget_excludes_memory_held_before_the_handler() {
-    // The caller holds 64 MiB. The child is forked from a re-executed
-    // shepherd, so the caller's size never counts against an 8 MB budget.
+    // The caller has 64 MiB allocated. The child is forked from a
+    // re-executed shepherd, so the caller's size never counts against an
+    // 8 MB budget.
     let held = vec![7u8; 64 << 20];
     let result = run(Growth::Single(4 * MIB), &defaults());
     assert_eq!(result, Ok(4 * MIB));

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use crate::protocol::{Report, Request};
 
-/// Why isolation is unavailable on this platform.
+/// The reason isolation is unavailable on this platform.
 pub const UNSUPPORTED: &str = "isolated-executor supports Linux only: it needs pidfd_open, RLIMIT_DATA on mmap and PR_SET_CHILD_SUBREAPER";
 /// The missing-hook message; never produced on this platform.
 pub const HOOK_MISSING: &str = "";
@@ -33,7 +33,7 @@ pub fn trampoline_offset(_trampoline: crate::child::Trampoline) -> i64 {
     0
 }
 
-/// Why a shepherd connection failed.
+/// The reason a shepherd connection failed.
 #[derive(Debug)]
 pub struct Lost(pub String);
 

@@ -59,7 +59,7 @@ impl Display for CheckReport {
     }
 }
 
-/// What failed: the property (`Property`, the handler misbehaved on an
+/// Kind of failure: the property (`Property`, the handler misbehaved on an
 /// input) or the setup (`Setup`, the executor could not run a case).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[non_exhaustive]

@@ -6,14 +6,14 @@
 //! different base address, so the distance between two functions is the
 //! same in both processes. The shepherd only resolves an offset when the
 //! request's fingerprint equals its own, which means the offset was taken
-//! from a real trampoline of this very file; the trampoline then checks the
+//! from a real trampoline of this very file. The trampoline then checks the
 //! handler's type name before it decodes anything.
 
 use std::os::unix::fs::MetadataExt;
 
 use crate::child::Trampoline;
 
-/// The fixed point that offsets are measured from.
+/// Anchor function: the fixed point that offsets are measured from.
 #[inline(never)]
 fn anchor() {}
 
