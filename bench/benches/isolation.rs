@@ -20,8 +20,8 @@ use isolated_bench::{
     Samples, fork_exit_wait, megabytes_per_second, micros, millis, ratio, time_each,
 };
 use isolated_executor::{
-    Context, Handler, IsolationError, Supervisor, SupervisorConfig, defaults,
-    execute_isolated, execute_isolated_report,
+    Context, Handler, IsolationError, Supervisor, SupervisorConfig, defaults, execute_isolated,
+    execute_isolated_report,
 };
 use serde::{Deserialize, Serialize};
 
@@ -374,9 +374,7 @@ fn startup(settings: &Settings) {
 /// How late a 50 ms timeout with no grace period returns.
 fn timeout_precision(settings: &Settings) {
     const TIMEOUT: Duration = Duration::from_millis(50);
-    let options = defaults()
-        .timeout(TIMEOUT)
-        .shutdown_grace(Duration::ZERO);
+    let options = defaults().timeout(TIMEOUT).shutdown_grace(Duration::ZERO);
     let mut caller_late = Vec::new();
     let mut shepherd_late = Vec::new();
     for _ in 0..settings.runs(200) {

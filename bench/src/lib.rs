@@ -20,7 +20,10 @@ impl Samples {
     ///
     /// When `samples` is empty.
     pub fn new(mut samples: Vec<Duration>) -> Self {
-        assert!(!samples.is_empty(), "Samples::new needs at least one sample");
+        assert!(
+            !samples.is_empty(),
+            "Samples::new needs at least one sample"
+        );
         samples.sort_unstable();
         Samples { sorted: samples }
     }

@@ -1,0 +1,328 @@
+//! Correctness checks for the paths the benchmark optimises: vectored
+//! frames, payloads read straight into frame bodies, reused file
+//! descriptors and the shortened child setup. They assert outcomes and
+//! bytes, never timing.
+
+isolated_executor::enable_test_support!();
+
+use std::time::Duration;
+
+use isolated_executor::{
+    Context, CrashReason, Handler, IsolationError, KillReason, Supervisor, SupervisorConfig,
+    defaults, execute_isolated, execute_isolated_async, execute_isolated_report,
+};
+use serde::{Deserialize, Serialize};
+
+/// What the probe handler does.
+#[derive(Serialize, Deserialize, Debug, Clone)]
+enum Act {
+    /// Returns the bytes reversed.
+    Reverse(Vec<u8>),
+    /// Returns a vector of `len` bytes counting up from `seed`.
+    Generate { len: u64, seed: u8 },
+    /// Prints to stdout and stderr, then returns 0.
+    Print(String),
+    /// Sleeps this many milliseconds.
+    Sleep(u64),
+    /// Allocates and touches this many bytes.
+    Allocate(u64),
+    /// Panics with the message.
+    Panic(String),
+    /// Reports the disposition of SIGINT, SIGTERM and SIGPIPE, and the
+    /// signal mask, as seen by the handler.
+    Signals,
+    /// Lists the open file descriptors.
+    OpenFds,
+}
+
+#[derive(Serialize, Deserialize, Debug, PartialEq)]
+enum Answer {
+    Bytes(Vec<u8>),
+    Number(u64),
+    Signals {
+        default: Vec<i32>,
+        blocked: Vec<i32>,
+    },
+    Fds(Vec<i32>),
+}
+
+#[derive(Serialize, Deserialize)]
+struct Probe;
+
+impl Handler for Probe {
+    type Args = Act;
+    type Output = Answer;
+    type Error = String;
+
+    fn execute(&self, act: Act, _: &Context) -> Result<Answer, String> {
+        match act {
+            Act::Reverse(mut bytes) => {
+                bytes.reverse();
+                Ok(Answer::Bytes(bytes))
+            }
+            Act::Generate { len, seed } => Ok(Answer::Bytes(counting(len as usize, seed))),
+            Act::Print(text) => {
+                print!("{text}");
+                eprint!("{text}");
+                Ok(Answer::Number(0))
+            }
+            Act::Sleep(millis) => {
+                std::thread::sleep(Duration::from_millis(millis));
+                Ok(Answer::Number(millis))
+            }
+            Act::Allocate(len) => {
+                let bytes = vec![1u8; len as usize];
+                Ok(Answer::Number(std::hint::black_box(bytes).len() as u64))
+            }
+            Act::Panic(message) => panic!("{message}"),
+            Act::Signals => Ok(signals()),
+            Act::OpenFds => {
+                let mut fds: Vec<i32> = std::fs::read_dir("/proc/self/fd")
+                    .map_err(|e| e.to_string())?
+                    .filter_map(|entry| entry.ok()?.file_name().to_str()?.parse().ok())
+                    .collect();
+                fds.sort_unstable();
+                Ok(Answer::Fds(fds))
+            }
+        }
+    }
+}
+
+fn counting(len: usize, seed: u8) -> Vec<u8> {
+    (0..len).map(|i| (i as u8).wrapping_add(seed)).collect()
+}
+
+/// Reads the handler's signal state from `/proc/self/status`: which of
+/// SIGINT, SIGTERM and SIGPIPE are neither ignored nor caught, and which
+/// signals are blocked.
+fn signals() -> Answer {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    let mask = |field: &str| {
+        status
+            .lines()
+            .find_map(|line| line.strip_prefix(field))
+            .and_then(|hex| u64::from_str_radix(hex.trim(), 16).ok())
+            .unwrap_or(u64::MAX)
+    };
+    let ignored_or_caught = mask("SigIgn:") | mask("SigCgt:");
+    let default = [2, 15, 13]
+        .into_iter()
+        .filter(|signal| ignored_or_caught & (1 << (signal - 1)) == 0)
+        .collect();
+    let blocked_mask = mask("SigBlk:");
+    let blocked = (1..=64)
+        .filter(|signal| blocked_mask & (1u64 << (signal - 1)) != 0)
+        .collect();
+    Answer::Signals { default, blocked }
+}
+
+fn run(act: Act) -> Result<Answer, IsolationError<String>> {
+    execute_isolated(
+        &Probe,
+        act,
+        &Context::new(),
+        &defaults().max_heap_size(None),
+    )
+}
+
+#[test]
+fn large_argument_arrives_intact() {
+    let bytes = counting(24 << 20, 3);
+    let mut expected = bytes.clone();
+    expected.reverse();
+    assert_eq!(run(Act::Reverse(bytes)), Ok(Answer::Bytes(expected)));
+}
+
+#[test]
+fn large_result_arrives_intact() {
+    let len = 24 << 20;
+    assert_eq!(
+        run(Act::Generate {
+            len: len as u64,
+            seed: 11
+        }),
+        Ok(Answer::Bytes(counting(len, 11)))
+    );
+}
+
+#[test]
+fn payload_sizes_around_buffer_edges() {
+    for len in [
+        0,
+        1,
+        15,
+        16,
+        17,
+        4095,
+        4096,
+        65_536,
+        (256 << 10) - 1,
+        256 << 10,
+        (1 << 20) + 7,
+    ] {
+        let bytes = counting(len, len as u8);
+        let mut expected = bytes.clone();
+        expected.reverse();
+        assert_eq!(
+            run(Act::Reverse(bytes)),
+            Ok(Answer::Bytes(expected)),
+            "argument of {len} bytes"
+        );
+        assert_eq!(
+            run(Act::Generate {
+                len: len as u64,
+                seed: 1
+            }),
+            Ok(Answer::Bytes(counting(len, 1))),
+            "result of {len} bytes"
+        );
+    }
+}
+
+#[test]
+fn result_over_limit_is_protocol_crash() {
+    let options = defaults().max_heap_size(None).max_result_size(1 << 20);
+    let outcome = execute_isolated(
+        &Probe,
+        Act::Generate {
+            len: 3 << 20,
+            seed: 0,
+        },
+        &Context::new(),
+        &options,
+    );
+    assert!(
+        matches!(
+            outcome,
+            Err(IsolationError::Crashed(CrashReason::Protocol { .. }))
+        ),
+        "{outcome:?}"
+    );
+}
+
+#[test]
+fn output_is_captured_every_run() {
+    for i in 0..20 {
+        let text = format!("line {i}\n");
+        let report = execute_isolated_report(
+            &Probe,
+            Act::Print(text.clone()),
+            &Context::new(),
+            &defaults(),
+        );
+        assert_eq!(report.outcome, Ok(Answer::Number(0)));
+        assert_eq!(report.stdout_tail, text);
+        assert_eq!(report.stderr_tail, text);
+    }
+}
+
+#[test]
+fn handler_sees_default_signals_and_empty_mask() {
+    for _ in 0..3 {
+        assert_eq!(
+            run(Act::Signals),
+            Ok(Answer::Signals {
+                default: vec![2, 15, 13],
+                blocked: vec![]
+            })
+        );
+    }
+}
+
+#[test]
+fn handler_inherits_only_its_own_fds() {
+    for _ in 0..3 {
+        // 0-2 are stdio, 3 the result pipe, 4 the directory listing itself.
+        assert_eq!(run(Act::OpenFds), Ok(Answer::Fds(vec![0, 1, 2, 3, 4])));
+    }
+}
+
+#[test]
+fn heap_budget_still_enforced() {
+    let options = defaults().max_heap_size(4 << 20);
+    let within = execute_isolated(&Probe, Act::Allocate(1 << 20), &Context::new(), &options);
+    assert_eq!(within, Ok(Answer::Number(1 << 20)));
+    let over = execute_isolated(&Probe, Act::Allocate(64 << 20), &Context::new(), &options);
+    assert!(
+        matches!(
+            over,
+            Err(IsolationError::Killed(KillReason::MaxHeapSize { .. }))
+        ),
+        "{over:?}"
+    );
+    let after = execute_isolated(&Probe, Act::Allocate(1 << 20), &Context::new(), &options);
+    assert_eq!(after, Ok(Answer::Number(1 << 20)));
+}
+
+#[test]
+fn panic_then_success_on_same_shepherd() {
+    let supervisor = Supervisor::start(SupervisorConfig {
+        max_children: 1,
+        ..SupervisorConfig::default()
+    })
+    .expect("supervisor");
+    let options = defaults().supervisor(supervisor.clone());
+    let panicked = execute_isolated(&Probe, Act::Panic("boom".into()), &Context::new(), &options);
+    assert!(
+        matches!(
+            &panicked,
+            Err(IsolationError::Crashed(CrashReason::Panic { message, .. })) if message == "boom"
+        ),
+        "{panicked:?}"
+    );
+    let timed_out = execute_isolated(
+        &Probe,
+        Act::Sleep(5_000),
+        &Context::new(),
+        &options
+            .clone()
+            .timeout(Duration::from_millis(50))
+            .shutdown_grace(Duration::ZERO),
+    );
+    assert!(
+        matches!(timed_out, Err(IsolationError::Timeout { .. })),
+        "{timed_out:?}"
+    );
+    let bytes = counting(300_000, 5);
+    let mut expected = bytes.clone();
+    expected.reverse();
+    assert_eq!(
+        execute_isolated(&Probe, Act::Reverse(bytes), &Context::new(), &options),
+        Ok(Answer::Bytes(expected))
+    );
+    supervisor.shutdown();
+}
+
+#[test]
+fn async_large_payloads_and_cancel() {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    runtime.block_on(async {
+        let options = defaults().max_heap_size(None);
+        let bytes = counting(8 << 20, 9);
+        let mut expected = bytes.clone();
+        expected.reverse();
+        let outcome =
+            execute_isolated_async(&Probe, Act::Reverse(bytes), &Context::new(), &options).await;
+        assert_eq!(outcome, Ok(Answer::Bytes(expected)));
+
+        // Dropping the future cancels the child; the next call still works.
+        let slow = execute_isolated_async(&Probe, Act::Sleep(10_000), &Context::new(), &options);
+        let raced = tokio::time::timeout(Duration::from_millis(100), slow).await;
+        assert!(raced.is_err(), "the sleeping handler finished early");
+
+        let generated = execute_isolated_async(
+            &Probe,
+            Act::Generate {
+                len: 5 << 20,
+                seed: 2,
+            },
+            &Context::new(),
+            &options,
+        )
+        .await;
+        assert_eq!(generated, Ok(Answer::Bytes(counting(5 << 20, 2))));
+    });
+}
