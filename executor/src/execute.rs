@@ -140,18 +140,18 @@ impl Prepared {
             .saturating_add(1 << 20)
     }
 
-    fn request(&self, id: u64, payload: &[u8]) -> Request {
+    fn request<'a>(&self, id: u64, fingerprint: &'a [u8], payload: &'a [u8]) -> Request<'a> {
         Request {
             id,
             trampoline_offset: self.trampoline_offset,
-            handler_type: self.handler_type.to_owned(),
-            fingerprint: sys::fingerprint(),
+            handler_type: self.handler_type,
+            fingerprint,
             timeout: self.options.timeout,
             grace: self.options.shutdown_grace,
             max_heap_size: self.options.max_heap_size,
             max_result_size: self.options.max_result_size,
             output_tail: self.options.output_tail as u64,
-            payload: payload.to_vec(),
+            payload,
         }
     }
 
@@ -243,6 +243,7 @@ fn run_blocking<H: Handler>(prepared: Prepared) -> ExecutionReport<H::Output, H:
     };
     let queue_wait = prepared.entered.elapsed();
     let config = supervisor.config().clone();
+    let fingerprint = sys::fingerprint();
 
     let mut attempt = 0;
     loop {
@@ -255,7 +256,7 @@ fn run_blocking<H: Handler>(prepared: Prepared) -> ExecutionReport<H::Output, H:
             },
         };
         let (id, canceller) = shepherd.prepare();
-        let request = prepared.request(id, payload);
+        let request = prepared.request(id, &fingerprint, payload);
         let ticket = match supervisor.register(canceller) {
             Ok(ticket) => ticket,
             Err(reason) => {
@@ -396,7 +397,7 @@ mod tokio_api {
         E: serde::de::DeserializeOwned,
     {
         let payload = match prepared.precheck() {
-            Ok(payload) => payload.to_vec(),
+            Ok(payload) => payload,
             Err(report) => return report,
         };
         let supervisor = prepared.supervisor();
@@ -406,6 +407,7 @@ mod tokio_api {
         };
         let queue_wait = prepared.entered.elapsed();
         let config = supervisor.config().clone();
+        let fingerprint = sys::fingerprint();
 
         let mut attempt = 0;
         loop {
@@ -418,7 +420,7 @@ mod tokio_api {
                 },
             };
             let (id, canceller) = shepherd.prepare();
-            let request = prepared.request(id, &payload);
+            let request = prepared.request(id, &fingerprint, payload);
             let ticket = match supervisor.register(canceller) {
                 Ok(ticket) => ticket,
                 Err(reason) => {

@@ -338,17 +338,18 @@ impl Hello {
     }
 }
 
-/// One execution, sent by the caller.
+/// One execution, sent by the caller. It borrows its strings and payload, so
+/// neither building a request nor decoding one copies the payload.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Request {
+pub struct Request<'a> {
     /// Id of the execution, unique per shepherd connection.
     pub id: u64,
     /// Offset of the handler's trampoline from the anchor function.
     pub trampoline_offset: i64,
     /// `std::any::type_name` of the handler, checked by the trampoline.
-    pub handler_type: String,
+    pub handler_type: &'a str,
     /// Fingerprint of the caller's executable.
-    pub fingerprint: Vec<u8>,
+    pub fingerprint: &'a [u8],
     /// Timeout from the child's start.
     pub timeout: Duration,
     /// Time between SIGTERM and SIGKILL.
@@ -360,44 +361,53 @@ pub struct Request {
     /// Bytes kept of each output stream.
     pub output_tail: u64,
     /// The serialized handler, arguments and context.
-    pub payload: Vec<u8>,
+    pub payload: &'a [u8],
 }
 
 fn duration_nanos(d: Duration) -> u64 {
     u64::try_from(d.as_nanos()).unwrap_or(u64::MAX)
 }
 
-impl Request {
+impl<'a> Request<'a> {
     /// Encodes the body.
     pub fn encode(&self) -> Vec<u8> {
+        let mut body = self.encode_head();
+        body.extend_from_slice(self.payload);
+        body
+    }
+
+    /// Encodes the body up to and including the payload's length, so the
+    /// payload can be written after it without being copied.
+    pub fn encode_head(&self) -> Vec<u8> {
         let mut w = Writer::new();
         w.u64(self.id)
             .i64(self.trampoline_offset)
-            .str(&self.handler_type)
-            .bytes(&self.fingerprint)
+            .str(self.handler_type)
+            .bytes(self.fingerprint)
             .u64(duration_nanos(self.timeout))
             .u64(duration_nanos(self.grace))
             .u8(u8::from(self.max_heap_size.is_some()))
             .u64(self.max_heap_size.unwrap_or(0))
             .u64(self.max_result_size)
             .u64(self.output_tail)
-            .bytes(&self.payload);
+            .u64(self.payload.len() as u64);
         w.finish()
     }
-    /// Decodes the body.
-    pub fn decode(body: &[u8]) -> Result<Self, DecodeError> {
+
+    /// Decodes the body, borrowing the strings and the payload from it.
+    pub fn decode(body: &'a [u8]) -> Result<Self, DecodeError> {
         let mut r = Reader::new(body);
         let id = r.u64("request id")?;
         let trampoline_offset = r.i64("trampoline offset")?;
-        let handler_type = r.str("handler type")?.to_owned();
-        let fingerprint = r.bytes("fingerprint")?.to_vec();
+        let handler_type = r.str("handler type")?;
+        let fingerprint = r.bytes("fingerprint")?;
         let timeout = Duration::from_nanos(r.u64("timeout")?);
         let grace = Duration::from_nanos(r.u64("grace")?);
         let has_heap = r.u8("heap flag")?;
         let heap = r.u64("heap budget")?;
         let max_result_size = r.u64("max result size")?;
         let output_tail = r.u64("output tail")?;
-        let payload = r.bytes("payload")?.to_vec();
+        let payload = r.bytes("payload")?;
         r.finish("request")?;
         Ok(Request {
             id,
@@ -735,19 +745,42 @@ mod tests {
 
     #[test]
     fn request_round_trips() {
+        let payload = vec![9; 100];
         let request = Request {
             id: 1,
             trampoline_offset: -4096,
-            handler_type: "a::B".into(),
-            fingerprint: vec![1, 2, 3],
+            handler_type: "a::B",
+            fingerprint: &[1, 2, 3],
             timeout: Duration::from_millis(100),
             grace: Duration::ZERO,
             max_heap_size: Some(1 << 20),
             max_result_size: 99,
             output_tail: 10,
-            payload: vec![9; 100],
+            payload: &payload,
         };
-        assert_eq!(Request::decode(&request.encode()).unwrap(), request);
+        let body = request.encode();
+        assert_eq!(Request::decode(&body).unwrap(), request);
+    }
+
+    #[test]
+    fn request_head_is_body_prefix() {
+        let payload = b"payload bytes";
+        let request = Request {
+            id: 2,
+            trampoline_offset: 8,
+            handler_type: "c::D",
+            fingerprint: &[4],
+            timeout: Duration::from_secs(1),
+            grace: Duration::from_millis(5),
+            max_heap_size: None,
+            max_result_size: 1,
+            output_tail: 2,
+            payload,
+        };
+        let head = request.encode_head();
+        let body = request.encode();
+        assert_eq!(&body[..head.len()], &head[..]);
+        assert_eq!(&body[head.len()..], &payload[..]);
     }
 
     #[test]

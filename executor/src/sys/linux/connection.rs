@@ -1,7 +1,7 @@
 //! The caller's side of a shepherd: starting it, the handshake, sending a
 //! request and reading the report, blocking or through tokio.
 
-use std::io;
+use std::io::{self, IoSlice};
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::os::unix::process::CommandExt;
 use std::process::{Child, Command, Stdio};
@@ -124,6 +124,11 @@ fn send_cancel(socket: RawFd, id: u64) -> bool {
     matches!(syscalls::send(socket, &frame), Ok(n) if n == frame.len())
 }
 
+/// The frame header of a request whose body is `head` followed by the payload.
+fn request_header(head: &[u8], request: &Request<'_>) -> [u8; protocol::HEADER_LEN] {
+    encode_header(Kind::Request, (head.len() + request.payload.len()) as u64)
+}
+
 /// What happened while waiting for a frame.
 enum ReadError {
     Eof,
@@ -227,12 +232,16 @@ impl Shepherd {
 
     /// Sends a request, blocking, after reading the report of a cancelled
     /// execution that is still owed.
-    pub fn send_blocking(&mut self, request: &Request) -> Result<(), Lost> {
+    pub fn send_blocking(&mut self, request: &Request<'_>) -> Result<(), Lost> {
         self.settle_pending_blocking()?;
-        let body = request.encode();
-        let header = encode_header(Kind::Request, body.len() as u64);
-        self.write_blocking(&header)
-            .and_then(|()| self.write_blocking(&body))
+        let head = request.encode_head();
+        let header = request_header(&head, request);
+        let mut slices = [
+            IoSlice::new(&header),
+            IoSlice::new(&head),
+            IoSlice::new(request.payload),
+        ];
+        self.write_blocking(&mut slices)
             .map_err(|e| self.lost(&format!("sending the request failed: {e}")))
     }
 
@@ -241,7 +250,7 @@ impl Shepherd {
     /// shepherd hangs.
     pub fn receive_blocking(
         &mut self,
-        request: &Request,
+        request: &Request<'_>,
         report_limit: u64,
         safety_margin: Duration,
     ) -> Result<Report, Lost> {
@@ -325,11 +334,12 @@ impl Shepherd {
         Ok(())
     }
 
-    fn write_blocking(&mut self, mut bytes: &[u8]) -> io::Result<()> {
+    /// Writes every slice, in order, waiting for room in the socket buffer.
+    fn write_blocking(&mut self, mut slices: &mut [IoSlice<'_>]) -> io::Result<()> {
         let fd = self.socket.as_raw_fd();
-        while !bytes.is_empty() {
-            match syscalls::send(fd, bytes) {
-                Ok(n) => bytes = &bytes[n..],
+        while !slices.is_empty() {
+            match syscalls::send_vectored(fd, slices) {
+                Ok(n) => IoSlice::advance_slices(&mut slices, n),
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
                     let mut entry = [libc::pollfd {
                         fd,
@@ -505,12 +515,12 @@ mod async_io {
             }
         }
 
-        async fn write_async(&mut self, mut bytes: &[u8]) -> io::Result<()> {
+        async fn write_async(&mut self, mut slices: &mut [IoSlice<'_>]) -> io::Result<()> {
             let registered = self.async_fd().map_err(io::Error::other)?;
             let fd = self.socket.as_raw_fd();
-            while !bytes.is_empty() {
-                match syscalls::send(fd, bytes) {
-                    Ok(n) => bytes = &bytes[n..],
+            while !slices.is_empty() {
+                match syscalls::send_vectored(fd, slices) {
+                    Ok(n) => IoSlice::advance_slices(&mut slices, n),
                     Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
                         let mut guard = registered.writable().await?;
                         guard.clear_ready();
@@ -543,24 +553,26 @@ mod async_io {
 
         /// Sends the request of a run without waiting for its report. Returns
         /// `Ok(false)` if the shepherd had to be given up.
-        pub async fn send_async(&mut self, request: &Request) -> Result<(), Lost> {
+        pub async fn send_async(&mut self, request: &Request<'_>) -> Result<(), Lost> {
             if let Some((id, since)) = self.pending.take() {
                 let deadline = since + Duration::from_secs(30);
                 self.await_report_async(id, u64::MAX >> 1, deadline).await?;
             }
-            let body = request.encode();
-            let header = encode_header(Kind::Request, body.len() as u64);
-            let sent = match self.write_async(&header).await {
-                Ok(()) => self.write_async(&body).await,
-                Err(e) => Err(e),
-            };
+            let head = request.encode_head();
+            let header = request_header(&head, request);
+            let mut slices = [
+                IoSlice::new(&header),
+                IoSlice::new(&head),
+                IoSlice::new(request.payload),
+            ];
+            let sent = self.write_async(&mut slices).await;
             sent.map_err(|e| self.lost(&format!("sending the request failed: {e}")))
         }
 
         /// Waits for the report of a request sent with `send_async`.
         pub async fn receive_async(
             &mut self,
-            request: &Request,
+            request: &Request<'_>,
             report_limit: u64,
             safety_margin: Duration,
         ) -> Result<Report, Lost> {

@@ -7,6 +7,7 @@
 //! call `setsid()` or double-fork are re-parented to it and killed after
 //! each execution, and it dies with its caller through `PR_SET_PDEATHSIG`.
 
+use std::io::IoSlice;
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::time::{Duration, Instant};
 
@@ -76,16 +77,18 @@ fn exit(code: i32) -> ! {
     unsafe { libc::_exit(code) }
 }
 
+/// Sends one frame; header and body leave in one system call unless the
+/// socket buffer fills up.
 fn send_frame(socket: RawFd, kind: Kind, body: &[u8]) -> std::io::Result<()> {
     let header = protocol::encode_header(kind, body.len() as u64);
-    write_all(socket, &header)?;
-    write_all(socket, body)
+    write_all(socket, &mut [IoSlice::new(&header), IoSlice::new(body)])
 }
 
-fn write_all(fd: RawFd, mut bytes: &[u8]) -> std::io::Result<()> {
-    while !bytes.is_empty() {
-        let n = syscalls::send(fd, bytes)?;
-        bytes = &bytes[n..];
+/// Writes every slice, in order, to the blocking socket.
+fn write_all(fd: RawFd, mut slices: &mut [IoSlice<'_>]) -> std::io::Result<()> {
+    while !slices.is_empty() {
+        let n = syscalls::send_vectored(fd, slices)?;
+        IoSlice::advance_slices(&mut slices, n);
     }
     Ok(())
 }
@@ -210,12 +213,12 @@ impl Shepherd {
         Some(frame)
     }
 
-    fn execute(&mut self, request: &Request) -> Report {
+    fn execute(&mut self, request: &Request<'_>) -> Report {
         let mut report = Report {
             id: request.id,
             ..Report::default()
         };
-        if request.fingerprint != self.fingerprint {
+        if request.fingerprint != self.fingerprint.as_slice() {
             report.spawn_failure = Some(
                 "the caller's executable differs from the shepherd's; the request was not run"
                     .into(),
@@ -231,7 +234,7 @@ impl Shepherd {
         }
     }
 
-    fn start_and_wait(&mut self, request: &Request, report: &mut Report) -> Result<(), String> {
+    fn start_and_wait(&mut self, request: &Request<'_>, report: &mut Report) -> Result<(), String> {
         let (stdout_read, stdout_write) =
             syscalls::pipe().map_err(|e| format!("pipe failed: {e}"))?;
         let (stderr_read, stderr_write) =
@@ -252,8 +255,8 @@ impl Shepherd {
             stderr: stderr_write.as_raw_fd(),
             result: result_write.as_raw_fd(),
             max_heap_size: request.max_heap_size,
-            handler_type: &request.handler_type,
-            payload: &request.payload,
+            handler_type: request.handler_type,
+            payload: request.payload,
         };
 
         let started_at = Instant::now();
@@ -351,7 +354,7 @@ impl Shepherd {
     #[allow(clippy::too_many_arguments)]
     fn wait(
         &mut self,
-        request: &Request,
+        request: &Request<'_>,
         pid: libc::pid_t,
         pidfd: &OwnedFd,
         started_at: Instant,

@@ -101,6 +101,29 @@ pub fn send(fd: RawFd, buf: &[u8]) -> io::Result<usize> {
     }
 }
 
+/// Writes the slices in order with one `sendmsg(2)` and `MSG_NOSIGNAL`, so a
+/// frame's header and body leave in one system call. Returns the bytes
+/// written, which may end inside any slice.
+pub fn send_vectored(fd: RawFd, slices: &[io::IoSlice<'_>]) -> io::Result<usize> {
+    // SAFETY: an all-zero msghdr is valid: no address, no control data.
+    let mut message: libc::msghdr = unsafe { std::mem::zeroed() };
+    // IoSlice is guaranteed to be ABI-compatible with iovec on Unix.
+    message.msg_iov = slices.as_ptr() as *mut libc::iovec;
+    message.msg_iovlen = slices.len() as _;
+    loop {
+        // SAFETY: `message` points to `slices`, which stay borrowed and
+        // valid for reads for the duration of the call.
+        let n = unsafe { libc::sendmsg(fd, &message, libc::MSG_NOSIGNAL) };
+        if n >= 0 {
+            return Ok(n as usize);
+        }
+        let error = io::Error::last_os_error();
+        if error.kind() != io::ErrorKind::Interrupted {
+            return Err(error);
+        }
+    }
+}
+
 /// Waits with `poll(2)` for the given events; `None` waits forever.
 /// Returns the `revents` of each entry.
 pub fn poll(fds: &mut [libc::pollfd], timeout: Option<Duration>) -> io::Result<usize> {
