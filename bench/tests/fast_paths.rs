@@ -28,8 +28,7 @@ enum Act {
     Allocate(u64),
     /// Panics with the message.
     Panic(String),
-    /// Reports the disposition of SIGINT, SIGTERM and SIGPIPE, and the
-    /// signal mask, as seen by the handler.
+    /// Reports the handler's ignored, caught and blocked signal sets.
     Signals,
     /// Lists the open file descriptors.
     OpenFds,
@@ -40,8 +39,9 @@ enum Answer {
     Bytes(Vec<u8>),
     Number(u64),
     Signals {
-        default: Vec<i32>,
-        blocked: Vec<i32>,
+        ignored: Vec<u32>,
+        caught: Vec<u32>,
+        blocked: Vec<u32>,
     },
     Fds(Vec<i32>),
 }
@@ -92,28 +92,24 @@ fn counting(len: usize, seed: u8) -> Vec<u8> {
     (0..len).map(|i| (i as u8).wrapping_add(seed)).collect()
 }
 
-/// Reads the handler's signal state from `/proc/self/status`: which of
-/// SIGINT, SIGTERM and SIGPIPE are neither ignored nor caught, and which
-/// signals are blocked.
+/// Reads the handler's signal sets from `/proc/self/status`.
 fn signals() -> Answer {
     let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
-    let mask = |field: &str| {
-        status
+    let set = |field: &str| {
+        let mask = status
             .lines()
             .find_map(|line| line.strip_prefix(field))
             .and_then(|hex| u64::from_str_radix(hex.trim(), 16).ok())
-            .unwrap_or(u64::MAX)
+            .unwrap_or(u64::MAX);
+        (1..=64u32)
+            .filter(|signal| mask & (1u64 << (signal - 1)) != 0)
+            .collect()
     };
-    let ignored_or_caught = mask("SigIgn:") | mask("SigCgt:");
-    let default = [2, 15, 13]
-        .into_iter()
-        .filter(|signal| ignored_or_caught & (1 << (signal - 1)) == 0)
-        .collect();
-    let blocked_mask = mask("SigBlk:");
-    let blocked = (1..=64)
-        .filter(|signal| blocked_mask & (1u64 << (signal - 1)) != 0)
-        .collect();
-    Answer::Signals { default, blocked }
+    Answer::Signals {
+        ignored: set("SigIgn:"),
+        caught: set("SigCgt:"),
+        blocked: set("SigBlk:"),
+    }
 }
 
 fn run(act: Act) -> Result<Answer, IsolationError<String>> {
@@ -218,15 +214,29 @@ fn output_is_captured_every_run() {
 
 #[test]
 fn handler_sees_default_signals_and_empty_mask() {
+    // A signal the caller ignores stays ignored across the shepherd's exec,
+    // and the handler must still see it at its default.
+    // SAFETY: ignoring SIGUSR1 installs no handler, and no test in this
+    // binary relies on receiving it.
+    unsafe { libc::signal(libc::SIGUSR1, libc::SIG_IGN) };
+    let supervisor = Supervisor::start(SupervisorConfig::default()).expect("supervisor");
+    let options = defaults().supervisor(supervisor.clone());
     for _ in 0..3 {
-        assert_eq!(
-            run(Act::Signals),
-            Ok(Answer::Signals {
-                default: vec![2, 15, 13],
-                blocked: vec![]
-            })
-        );
+        let answer = execute_isolated(&Probe, Act::Signals, &Context::new(), &options);
+        let Ok(Answer::Signals {
+            ignored,
+            caught,
+            blocked,
+        }) = answer
+        else {
+            panic!("unexpected answer {answer:?}");
+        };
+        assert_eq!(ignored, Vec::<u32>::new(), "ignored signals");
+        // Only the executor's own SIGBUS and SIGSEGV handler is installed.
+        assert_eq!(caught, vec![7, 11], "caught signals");
+        assert_eq!(blocked, Vec::<u32>::new(), "blocked signals");
     }
+    supervisor.shutdown();
 }
 
 #[test]

@@ -143,13 +143,28 @@ fn harden() {
 /// Default dispositions for every signal and an empty mask, so nothing the
 /// caller blocked or ignored reaches the handler.
 fn reset_signals() {
+    // The raw system call, because glibc's `signal` rejects 32 and 33, which
+    // it reserves for itself, and those stay ignored if the caller ignored
+    // them. An all-zero kernel sigaction is SIG_DFL with no flags and an
+    // empty mask, whatever the field order of the architecture.
+    let default_action = [0u64; 4];
     for signal in 1..=64 {
         if signal == libc::SIGKILL || signal == libc::SIGSTOP {
             continue;
         }
-        // SAFETY: SIG_DFL is valid for every signal; the kernel rejects the
-        // few that glibc reserves, which is harmless.
-        unsafe { libc::signal(signal, libc::SIG_DFL) };
+        // SAFETY: `default_action` is readable for 32 bytes, at least the
+        // size of the kernel's sigaction on every 64-bit Linux, and the old
+        // action is not requested. The size argument is that of the
+        // kernel's signal set, 8 bytes.
+        unsafe {
+            libc::syscall(
+                libc::SYS_rt_sigaction,
+                signal,
+                default_action.as_ptr(),
+                std::ptr::null_mut::<u64>(),
+                8usize,
+            )
+        };
     }
     // SAFETY: `set` is initialised by sigemptyset before use.
     unsafe {
