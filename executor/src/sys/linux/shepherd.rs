@@ -28,6 +28,9 @@ pub fn run(socket: RawFd, caller_pid: libc::pid_t) -> ! {
     }
     let _ = syscalls::become_subreaper();
     syscalls::ignore_sigpipe();
+    // Every child resets these and only these, so the shepherd must change
+    // no disposition from here on.
+    let non_default_signals = fork_child::non_default_signals();
     // The socket is blocking on this side; reads during an execution use poll.
     let _ = syscalls::set_nonblocking(socket, false);
 
@@ -47,6 +50,7 @@ pub fn run(socket: RawFd, caller_pid: libc::pid_t) -> ! {
         fingerprint,
         buffer: vec![0; CHUNK],
         current: 0,
+        non_default_signals,
     };
     loop {
         let Some((kind, body)) = shepherd.next_frame_blocking() else {
@@ -102,6 +106,8 @@ struct Shepherd {
     buffer: Vec<u8>,
     /// The pid of the running child, which is also its group id; 0 when idle.
     current: libc::pid_t,
+    /// Signals whose disposition each child resets to the default.
+    non_default_signals: u64,
 }
 
 /// A stream the shepherd drains, keeping its last `keep` bytes.
@@ -255,6 +261,7 @@ impl Shepherd {
             stderr: stderr_write.as_raw_fd(),
             result: result_write.as_raw_fd(),
             max_heap_size: request.max_heap_size,
+            non_default_signals: self.non_default_signals,
             handler_type: request.handler_type,
             payload: request.payload,
         };
