@@ -213,6 +213,32 @@ fn output_is_captured_every_run() {
 }
 
 #[test]
+fn large_output_leaves_nothing_for_next_run() {
+    let supervisor = Supervisor::start(SupervisorConfig {
+        max_children: 1,
+        ..SupervisorConfig::default()
+    })
+    .expect("supervisor");
+    let options = defaults().supervisor(supervisor.clone());
+    let text = "0123456789abcdef".repeat(64 << 10);
+    let report =
+        execute_isolated_report(&Probe, Act::Print(text.clone()), &Context::new(), &options);
+    assert_eq!(report.outcome, Ok(Answer::Number(0)));
+    assert_eq!(report.stdout_bytes, text.len() as u64);
+    assert_eq!(report.stderr_bytes, text.len() as u64);
+    let keep = isolated_executor::DEFAULT_OUTPUT_TAIL;
+    assert_eq!(report.stdout_tail, text[text.len() - keep..]);
+
+    let quiet =
+        execute_isolated_report(&Probe, Act::Print(String::new()), &Context::new(), &options);
+    assert_eq!(quiet.outcome, Ok(Answer::Number(0)));
+    assert_eq!(quiet.stdout_bytes, 0);
+    assert_eq!(quiet.stderr_bytes, 0);
+    assert_eq!(quiet.stdout_tail, "");
+    supervisor.shutdown();
+}
+
+#[test]
 fn handler_sees_default_signals_and_empty_mask() {
     // A signal the caller ignores stays ignored across the shepherd's exec,
     // and the handler must still see it at its default.
