@@ -113,6 +113,9 @@ pub fn encode_frame(kind: Kind, body: &[u8]) -> Vec<u8> {
     frame
 }
 
+/// A decoded frame: its kind and body.
+pub type Frame = (Kind, Vec<u8>);
+
 /// Incremental frame decoder for a byte stream: feed it bytes as they come
 /// and take frames out. It allocates at most `max_len` bytes per body.
 #[derive(Debug)]
@@ -149,7 +152,7 @@ impl FrameDecoder {
     /// Consumes bytes from `input` until one frame is complete. Returns the
     /// frame and the number of bytes consumed; `None` when `input` ran out
     /// first (all of it was consumed).
-    pub fn feed(&mut self, input: &[u8]) -> Result<(Option<(Kind, Vec<u8>)>, usize), DecodeError> {
+    pub fn feed(&mut self, input: &[u8]) -> Result<(Option<Frame>, usize), DecodeError> {
         let mut used = 0;
         if self.current.is_none() {
             let want = HEADER_LEN - self.header_filled;
@@ -183,6 +186,40 @@ impl FrameDecoder {
             return Ok((Some((header.kind, body)), used));
         }
         Ok((None, used))
+    }
+
+    /// Returns the body of the frame being decoded and how many bytes to
+    /// append to it next, when the frame's header is complete and its body
+    /// is not. This lets a reader put large bodies straight into place
+    /// instead of passing them through `feed`.
+    ///
+    /// The count is at most the bytes still missing, and at most the
+    /// body's length so far or 1 MiB, whichever is larger, so the body
+    /// grows by doubling and a lying header costs no more memory than
+    /// about twice the bytes actually sent. Append at most that many bytes,
+    /// then call [`take_filled`](Self::take_filled).
+    pub fn body_to_fill(&mut self) -> Option<(&mut Vec<u8>, usize)> {
+        let header = self.current?;
+        let missing = usize::try_from(header.len)
+            .unwrap_or(usize::MAX)
+            .saturating_sub(self.body.len());
+        if missing == 0 {
+            return None;
+        }
+        let step = missing.min(self.body.len().max(1 << 20));
+        Some((&mut self.body, step))
+    }
+
+    /// Returns the frame whose body [`body_to_fill`](Self::body_to_fill)
+    /// completed, if it is complete.
+    pub fn take_filled(&mut self) -> Option<Frame> {
+        let header = self.current?;
+        if self.body.len() as u64 != header.len {
+            return None;
+        }
+        self.current = None;
+        self.header_filled = 0;
+        Some((header.kind, std::mem::take(&mut self.body)))
     }
 }
 

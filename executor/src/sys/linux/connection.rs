@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use super::syscalls::{self, KillTarget};
 use crate::protocol::{
-    self, FrameDecoder, Hello, Kind, Report, Request, Started, encode_cancel, encode_header,
+    self, Frame, FrameDecoder, Hello, Kind, Report, Request, Started, encode_cancel, encode_header,
 };
 
 /// Environment variable that carries the shepherd's socket fd.
@@ -355,7 +355,10 @@ impl Shepherd {
     }
 
     /// Decodes one frame from the bytes already read.
-    fn take_frame(&mut self) -> Result<Option<(Kind, Vec<u8>)>, ReadError> {
+    fn take_frame(&mut self) -> Result<Option<Frame>, ReadError> {
+        if let Some(frame) = self.decoder.take_filled() {
+            return Ok(Some(frame));
+        }
         if self.inbox.is_empty() {
             return Ok(None);
         }
@@ -369,7 +372,20 @@ impl Shepherd {
 
     /// Reads whatever the socket has; `Ok(false)` when it had nothing.
     fn fill(&mut self) -> Result<bool, ReadError> {
-        match syscalls::read(self.socket.as_raw_fd(), &mut self.buffer) {
+        let fd = self.socket.as_raw_fd();
+        // With the inbox empty, the rest of a large body goes straight into
+        // the body, never past its end.
+        if self.inbox.is_empty() {
+            if let Some((body, step)) = self.decoder.body_to_fill() {
+                return match syscalls::read_appending(fd, body, step) {
+                    Ok(0) => Err(ReadError::Eof),
+                    Ok(_) => Ok(true),
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => Ok(false),
+                    Err(e) => Err(ReadError::Failed(e.to_string())),
+                };
+            }
+        }
+        match syscalls::read(fd, &mut self.buffer) {
             Ok(0) => Err(ReadError::Eof),
             Ok(n) => {
                 self.inbox.extend_from_slice(&self.buffer[..n]);
@@ -380,10 +396,7 @@ impl Shepherd {
         }
     }
 
-    fn read_frame_blocking(
-        &mut self,
-        deadline: Option<Instant>,
-    ) -> Result<(Kind, Vec<u8>), ReadError> {
+    fn read_frame_blocking(&mut self, deadline: Option<Instant>) -> Result<Frame, ReadError> {
         loop {
             if let Some(frame) = self.take_frame()? {
                 return Ok(frame);
@@ -493,7 +506,7 @@ mod async_io {
         pub(super) async fn read_frame_async(
             &mut self,
             deadline: Option<Instant>,
-        ) -> Result<(Kind, Vec<u8>), ReadError> {
+        ) -> Result<Frame, ReadError> {
             let registered = self.async_fd().map_err(ReadError::Failed)?;
             loop {
                 if let Some(frame) = self.take_frame()? {

@@ -14,7 +14,9 @@ use std::time::{Duration, Instant};
 use super::fork_child::{self, ChildSetup};
 use super::identity;
 use super::syscalls::{self, KillTarget};
-use crate::protocol::{self, FrameDecoder, Hello, Kind, Report, Request, Started, decode_cancel};
+use crate::protocol::{
+    self, Frame, FrameDecoder, Hello, Kind, Report, Request, Started, decode_cancel,
+};
 
 /// Bytes read from a pipe per `read` call.
 const CHUNK: usize = 256 << 10;
@@ -226,10 +228,21 @@ enum Phase {
 impl Shepherd {
     /// Reads the next frame, blocking. `None` when the caller is gone or sent
     /// something undecodable.
-    fn next_frame_blocking(&mut self) -> Option<(Kind, Vec<u8>)> {
+    fn next_frame_blocking(&mut self) -> Option<Frame> {
         loop {
             if let Some(frame) = self.decode_inbox()? {
                 return Some(frame);
+            }
+            // The inbox is empty now. The rest of a large body goes straight
+            // into the body, never past its end.
+            if let Some((body, step)) = self.decoder.body_to_fill() {
+                if syscalls::read_appending(self.socket, body, step).ok()? == 0 {
+                    return None;
+                }
+                if let Some(frame) = self.decoder.take_filled() {
+                    return Some(frame);
+                }
+                continue;
             }
             let n = syscalls::read(self.socket, &mut self.buffer).ok()?;
             if n == 0 {
@@ -241,7 +254,7 @@ impl Shepherd {
 
     /// Decodes one frame from the bytes already read. `Some(None)` means more
     /// bytes are needed; `None` means the stream is corrupt.
-    fn decode_inbox(&mut self) -> Option<Option<(Kind, Vec<u8>)>> {
+    fn decode_inbox(&mut self) -> Option<Option<Frame>> {
         if self.inbox.is_empty() {
             return Some(None);
         }
@@ -576,6 +589,11 @@ fn pollfd(fd: RawFd) -> libc::pollfd {
 trait Stream {
     fn fd(&mut self) -> &mut Option<RawFd>;
     fn push(&mut self, chunk: &[u8]);
+
+    /// Reads everything available from `fd` through `scratch`.
+    fn drain_from(&mut self, fd: RawFd, scratch: &mut [u8]) -> Drained {
+        drain(fd, scratch, |chunk| self.push(chunk))
+    }
 }
 
 impl Stream for Tail {
@@ -594,6 +612,26 @@ impl Stream for Records {
     fn push(&mut self, chunk: &[u8]) {
         Records::push(self, chunk);
     }
+
+    /// Reads straight into `bytes` while they are under the limit, so a
+    /// large result is copied once on its way out of the pipe. Past the
+    /// limit it only counts bytes.
+    fn drain_from(&mut self, fd: RawFd, scratch: &mut [u8]) -> Drained {
+        loop {
+            let room = self.limit.saturating_sub(self.bytes.len());
+            if room == 0 {
+                return drain(fd, scratch, |chunk| self.push(chunk));
+            }
+            // Start small, since most results are tiny, then double.
+            let step = room.min(self.bytes.len().max(64 << 10));
+            match syscalls::read_appending(fd, &mut self.bytes, step) {
+                Ok(0) => return Drained::Closed,
+                Ok(n) => self.total += n as u64,
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return Drained::Empty,
+                Err(_) => return Drained::Closed,
+            }
+        }
+    }
 }
 
 /// Reads everything available from a stream; closes it at end of file.
@@ -601,7 +639,7 @@ fn drain_stream(stream: &mut impl Stream, buffer: &mut [u8]) {
     let Some(raw) = *stream.fd() else {
         return;
     };
-    if let Drained::Closed = drain(raw, buffer, |chunk| stream.push(chunk)) {
+    if let Drained::Closed = stream.drain_from(raw, buffer) {
         *stream.fd() = None;
     }
 }

@@ -85,6 +85,35 @@ pub fn read(fd: RawFd, buf: &mut [u8]) -> io::Result<usize> {
     }
 }
 
+/// Appends up to `max` bytes read with `read(2)` to `buf`, straight into its
+/// spare capacity, so large bodies need no staging buffer. Room for `max`
+/// bytes is reserved only when `buf` is full: growing it whenever it lacks
+/// `max` would reallocate, and copy, on every call. `Ok(0)` is end of file,
+/// or `max` was 0.
+pub fn read_appending(fd: RawFd, buf: &mut Vec<u8>, max: usize) -> io::Result<usize> {
+    if buf.len() == buf.capacity() {
+        buf.reserve(max);
+    }
+    let spare = buf.spare_capacity_mut();
+    let want = max.min(spare.len());
+    loop {
+        // SAFETY: `spare` is valid for writes of `want` bytes, which
+        // `read` fills before the length below is raised over them.
+        let n = unsafe { libc::read(fd, spare.as_mut_ptr().cast(), want) };
+        if n >= 0 {
+            let n = n as usize;
+            // SAFETY: the kernel initialised the first `n` spare bytes, and
+            // `n <= want <= spare.len()`.
+            unsafe { buf.set_len(buf.len() + n) };
+            return Ok(n);
+        }
+        let error = io::Error::last_os_error();
+        if error.kind() != io::ErrorKind::Interrupted {
+            return Err(error);
+        }
+    }
+}
+
 /// Writes from `buf` with `send(2)` and `MSG_NOSIGNAL`, so a closed peer
 /// gives `EPIPE` instead of SIGPIPE. Returns the bytes written.
 pub fn send(fd: RawFd, buf: &[u8]) -> io::Result<usize> {
