@@ -11,7 +11,7 @@
 use std::time::Duration;
 
 /// Protocol version; the caller and the shepherd must agree on it.
-pub const VERSION: u16 = 1;
+pub const VERSION: u16 = 2;
 /// The first four bytes of every frame.
 pub const MAGIC: [u8; 4] = *b"ISEX";
 /// Length of a frame header in bytes.
@@ -545,8 +545,20 @@ const FLAG_ESCALATED: u8 = 2;
 const FLAG_CANCELLED: u8 = 4;
 
 impl Report {
-    /// Encodes the body.
+    /// Encodes the body: the records, then every other field, then the
+    /// records' length. The records come first so that
+    /// [`decode_owned`](Self::decode_owned) keeps the body's allocation as
+    /// the records instead of copying them, which matters for large
+    /// results.
     pub fn encode(&self) -> Vec<u8> {
+        let mut body = self.records.clone();
+        body.extend_from_slice(&self.encode_tail());
+        body
+    }
+
+    /// Encodes the part of the body after the records, so a writer can send
+    /// the records from where they are.
+    pub fn encode_tail(&self) -> Vec<u8> {
         let mut w = Writer::new();
         let mut flags = 0;
         if self.timed_out {
@@ -566,19 +578,43 @@ impl Report {
             .u64(self.peak_rss_bytes)
             .u64(duration_nanos(self.elapsed))
             .u8(flags)
-            .bytes(&self.records)
             .u64(self.records_total)
             .bytes(&self.stdout_tail)
             .u64(self.stdout_total)
             .bytes(&self.stderr_tail)
             .u64(self.stderr_total)
-            .u32(self.descendants_killed);
+            .u32(self.descendants_killed)
+            .u64(self.records.len() as u64);
         w.finish()
     }
 
     /// Decodes the body.
     pub fn decode(body: &[u8]) -> Result<Self, DecodeError> {
-        let mut r = Reader::new(body);
+        Self::decode_owned(body.to_vec())
+    }
+
+    /// Decodes the body, keeping its allocation as `records`.
+    pub fn decode_owned(mut body: Vec<u8>) -> Result<Self, DecodeError> {
+        let Some(fields_end) = body.len().checked_sub(8) else {
+            return Err(invalid(format!(
+                "truncated body: report needs at least 8 bytes, body has {}",
+                body.len()
+            )));
+        };
+        let mut len_bytes = [0u8; 8];
+        len_bytes.copy_from_slice(&body[fields_end..]);
+        let records_len = u64::from_le_bytes(len_bytes);
+        let records_len = usize::try_from(records_len)
+            .ok()
+            .filter(|len| *len <= fields_end)
+            .ok_or_else(|| {
+                invalid(format!(
+                    "report records of {records_len} bytes do not fit a body of {} bytes",
+                    body.len()
+                ))
+            })?;
+
+        let mut r = Reader::new(&body[records_len..fields_end]);
         let id = r.u64("report id")?;
         let pid = r.u32("report pid")?;
         let has_failure = r.u8("spawn failure flag")?;
@@ -587,7 +623,6 @@ impl Report {
         let peak_rss_bytes = r.u64("peak rss")?;
         let elapsed = Duration::from_nanos(r.u64("elapsed")?);
         let flags = r.u8("flags")?;
-        let records = r.bytes("records")?.to_vec();
         let records_total = r.u64("records total")?;
         let stdout_tail = r.bytes("stdout tail")?.to_vec();
         let stdout_total = r.u64("stdout total")?;
@@ -595,6 +630,8 @@ impl Report {
         let stderr_total = r.u64("stderr total")?;
         let descendants_killed = r.u32("descendants killed")?;
         r.finish("report")?;
+
+        body.truncate(records_len);
         Ok(Report {
             id,
             pid,
@@ -605,7 +642,7 @@ impl Report {
             timed_out: flags & FLAG_TIMED_OUT != 0,
             escalated_to_kill: flags & FLAG_ESCALATED != 0,
             cancelled: flags & FLAG_CANCELLED != 0,
-            records,
+            records: body,
             records_total,
             stdout_tail,
             stdout_total,
@@ -818,6 +855,71 @@ mod tests {
         let body = request.encode();
         assert_eq!(&body[..head.len()], &head[..]);
         assert_eq!(&body[head.len()..], &payload[..]);
+    }
+
+    #[test]
+    fn report_decode_owned_keeps_records_allocation() {
+        let mut report = sample_report();
+        report.records = vec![7; 5000];
+        let body = report.encode();
+        let address = body.as_ptr();
+        let decoded = Report::decode_owned(body).unwrap();
+        assert_eq!(decoded, report);
+        assert_eq!(decoded.records.as_ptr(), address);
+    }
+
+    #[test]
+    fn report_rejects_records_longer_than_body() {
+        let mut body = sample_report().encode();
+        let len = body.len();
+        body[len - 8..].copy_from_slice(&(len as u64).to_le_bytes());
+        let error = Report::decode(&body).unwrap_err();
+        assert!(error.0.contains("do not fit"), "{error}");
+        assert!(Report::decode(&[1, 2, 3]).is_err());
+    }
+
+    #[test]
+    fn decoder_fills_large_body_in_doubling_steps() {
+        let body: Vec<u8> = (0..(5 << 20) + 3).map(|i| i as u8).collect();
+        let frame = encode_frame(Kind::Request, &body);
+        let mut decoder = FrameDecoder::new(u64::MAX);
+        let (first, used) = decoder.feed(&frame[..100]).unwrap();
+        assert!(first.is_none());
+        assert_eq!(used, 100);
+        let mut position = 100;
+        let mut steps = Vec::new();
+        while let Some((partial, step)) = decoder.body_to_fill() {
+            assert!(step <= partial.len().max(1 << 20), "step {step}");
+            steps.push(step);
+            partial.extend_from_slice(&frame[position..position + step]);
+            position += step;
+        }
+        assert_eq!(position, frame.len());
+        assert_eq!(steps.len(), 4, "{steps:?}");
+        let (kind, decoded) = decoder.take_filled().unwrap();
+        assert_eq!(kind, Kind::Request);
+        assert_eq!(decoded, body);
+        assert!(decoder.take_filled().is_none());
+        assert!(!decoder.is_mid_frame());
+    }
+
+    #[test]
+    fn decoder_feeds_after_filled_frame() {
+        let mut stream = encode_frame(Kind::Report, &[5; 3000]);
+        stream.extend(encode_frame(Kind::Cancel, &encode_cancel(9)));
+        let mut decoder = FrameDecoder::new(1 << 20);
+        let (_, used) = decoder.feed(&stream[..20]).unwrap();
+        let (partial, step) = decoder.body_to_fill().unwrap();
+        assert_eq!(step, 3000 - 4);
+        partial.extend_from_slice(&stream[used..used + step]);
+        let (kind, body) = decoder.take_filled().unwrap();
+        assert_eq!((kind, body.len()), (Kind::Report, 3000));
+        let rest = &stream[used + step..];
+        let (cancel, used) = decoder.feed(rest).unwrap();
+        assert_eq!(used, rest.len());
+        let (kind, body) = cancel.unwrap();
+        assert_eq!(kind, Kind::Cancel);
+        assert_eq!(decode_cancel(&body), Ok(9));
     }
 
     #[test]

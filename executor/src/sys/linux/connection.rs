@@ -280,7 +280,7 @@ impl Shepherd {
                 .set_max_len(report_limit.max(protocol::MAX_CONTROL_LEN));
             match self.read_frame_blocking(Some(deadline)) {
                 Ok((kind, body)) => {
-                    if let Some(report) = self.handle_frame(id, kind, &body)? {
+                    if let Some(report) = self.handle_frame(id, kind, body)? {
                         return Ok(report);
                     }
                 }
@@ -290,11 +290,11 @@ impl Shepherd {
     }
 
     /// Handles a frame while waiting for the report of `id`.
-    fn handle_frame(&mut self, id: u64, kind: Kind, body: &[u8]) -> Result<Option<Report>, Lost> {
+    fn handle_frame(&mut self, id: u64, kind: Kind, body: Vec<u8>) -> Result<Option<Report>, Lost> {
         match kind {
             Kind::Started => {
-                let started =
-                    Started::decode(body).map_err(|e| self.lost(&format!("invalid frame: {e}")))?;
+                let started = Started::decode(&body)
+                    .map_err(|e| self.lost(&format!("invalid frame: {e}")))?;
                 if started.id == id {
                     self.child_pid.store(started.pid, Ordering::Relaxed);
                     self.started = true;
@@ -302,8 +302,8 @@ impl Shepherd {
                 Ok(None)
             }
             Kind::Report => {
-                let report =
-                    Report::decode(body).map_err(|e| self.lost(&format!("invalid report: {e}")))?;
+                let report = Report::decode_owned(body)
+                    .map_err(|e| self.lost(&format!("invalid report: {e}")))?;
                 if report.id == id {
                     self.child_pid.store(0, Ordering::Relaxed);
                     self.decoder.set_max_len(protocol::MAX_CONTROL_LEN);
@@ -555,7 +555,7 @@ mod async_io {
                     .set_max_len(report_limit.max(protocol::MAX_CONTROL_LEN));
                 match self.read_frame_async(Some(deadline)).await {
                     Ok((kind, body)) => {
-                        if let Some(report) = self.handle_frame(id, kind, &body)? {
+                        if let Some(report) = self.handle_frame(id, kind, body)? {
                             return Ok(report);
                         }
                     }

@@ -41,7 +41,7 @@ pub fn run(socket: RawFd, caller_pid: libc::pid_t) -> ! {
         pid: syscalls::getpid() as u32,
         fingerprint: fingerprint.clone(),
     };
-    if send_frame(socket, Kind::Hello, &hello.encode()).is_err() {
+    if send_frame(socket, Kind::Hello, &[&hello.encode()]).is_err() {
         exit(0);
     }
 
@@ -68,7 +68,10 @@ pub fn run(socket: RawFd, caller_pid: libc::pid_t) -> ! {
                         ..Report::default()
                     },
                 };
-                if send_frame(socket, Kind::Report, &report.encode()).is_err() {
+                // Drop the request's body before the report goes out.
+                drop(body);
+                let tail = report.encode_tail();
+                if send_frame(socket, Kind::Report, &[&report.records, &tail]).is_err() {
                     exit(0);
                 }
             }
@@ -84,11 +87,15 @@ fn exit(code: i32) -> ! {
     unsafe { libc::_exit(code) }
 }
 
-/// Sends one frame; header and body leave in one system call unless the
-/// socket buffer fills up.
-fn send_frame(socket: RawFd, kind: Kind, body: &[u8]) -> std::io::Result<()> {
-    let header = protocol::encode_header(kind, body.len() as u64);
-    write_all(socket, &mut [IoSlice::new(&header), IoSlice::new(body)])
+/// Sends one frame whose body is the concatenation of `parts`; header and
+/// body leave in one system call unless the socket buffer fills up.
+fn send_frame(socket: RawFd, kind: Kind, parts: &[&[u8]]) -> std::io::Result<()> {
+    let len = parts.iter().map(|part| part.len() as u64).sum();
+    let header = protocol::encode_header(kind, len);
+    let mut slices = Vec::with_capacity(parts.len() + 1);
+    slices.push(IoSlice::new(&header));
+    slices.extend(parts.iter().map(|part| IoSlice::new(part)));
+    write_all(socket, &mut slices)
 }
 
 /// Writes every slice, in order, to the blocking socket.
@@ -344,7 +351,7 @@ impl Shepherd {
             id: request.id,
             pid: pid as u32,
         };
-        if send_frame(self.socket, Kind::Started, &started.encode()).is_err() {
+        if send_frame(self.socket, Kind::Started, &[&started.encode()]).is_err() {
             self.abandon(pid);
         }
 
