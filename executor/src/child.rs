@@ -72,6 +72,40 @@ fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
     }
 }
 
+/// Serializes `value` with postcard into a record of type `tag`, writing the
+/// bytes right after the record header, so a large output is not copied
+/// into a record after it is serialized.
+fn serialize_record<T: serde::Serialize>(tag: u8, value: &T) -> postcard::Result<Vec<u8>> {
+    let mut start = Vec::with_capacity(256);
+    start.push(tag);
+    start.extend_from_slice(&[0; 8]);
+    let mut record = postcard::serialize_with_flavor(value, Appending(start))?;
+    let len = (record.len() - record::HEADER_LEN) as u64;
+    record[1..record::HEADER_LEN].copy_from_slice(&len.to_le_bytes());
+    Ok(record)
+}
+
+/// A postcard output that appends to a vector which already has content.
+struct Appending(Vec<u8>);
+
+impl postcard::ser_flavors::Flavor for Appending {
+    type Output = Vec<u8>;
+
+    fn try_push(&mut self, data: u8) -> postcard::Result<()> {
+        self.0.push(data);
+        Ok(())
+    }
+
+    fn try_extend(&mut self, data: &[u8]) -> postcard::Result<()> {
+        self.0.extend_from_slice(data);
+        Ok(())
+    }
+
+    fn finalize(self) -> postcard::Result<Vec<u8>> {
+        Ok(self.0)
+    }
+}
+
 fn failure(message: String) -> Vec<u8> {
     encode_record(record::FAILURE, message.as_bytes())
 }
@@ -101,14 +135,14 @@ fn run_handler<H: Handler>(call: &ChildCall<'_>) -> Vec<u8> {
     (call.lift_heap_budget)();
 
     match outcome {
-        Ok(Ok(output)) => match postcard::to_stdvec(&output) {
-            Ok(bytes) => encode_record(record::OK, &bytes),
+        Ok(Ok(output)) => match serialize_record(record::OK, &output) {
+            Ok(record) => record,
             Err(e) => failure(format!(
                 "failed to encode the output of {expected}: {e}; check its Serialize impl"
             )),
         },
-        Ok(Err(error)) => match postcard::to_stdvec(&error) {
-            Ok(bytes) => encode_record(record::ERR, &bytes),
+        Ok(Err(error)) => match serialize_record(record::ERR, &error) {
+            Ok(record) => record,
             Err(e) => failure(format!(
                 "failed to encode the error of {expected}: {e}; check its Serialize impl"
             )),
@@ -126,6 +160,20 @@ fn run_handler<H: Handler>(call: &ChildCall<'_>) -> Vec<u8> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn serialized_record_equals_encoded_record() {
+        let value = (7u32, String::from("seven"), vec![1u8, 2, 3]);
+        let bytes = postcard::to_stdvec(&value).unwrap();
+        assert_eq!(
+            serialize_record(record::OK, &value).unwrap(),
+            encode_record(record::OK, &bytes)
+        );
+        assert_eq!(
+            serialize_record(record::ERR, &()).unwrap(),
+            encode_record(record::ERR, &[])
+        );
+    }
 
     #[test]
     fn panic_message_handles_payload_kinds() {

@@ -682,13 +682,15 @@ pub fn encode_record(tag: u8, payload: &[u8]) -> Vec<u8> {
     out
 }
 
-/// The outcome the child wrote, as decoded from its records.
+/// The outcome the child wrote, as decoded from its records. The encoded
+/// output and error borrow from the records, so a large result is not
+/// copied before it is deserialized.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum ChildResult {
+pub enum ChildResult<'a> {
     /// Encoded `Ok` output.
-    Ok(Vec<u8>),
+    Ok(&'a [u8]),
     /// Encoded handler error.
-    Err(Vec<u8>),
+    Err(&'a [u8]),
     /// A panic caught by the child.
     Panic {
         /// The panic message.
@@ -702,9 +704,9 @@ pub enum ChildResult {
 
 /// Everything decoded from the result pipe.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct ChildRecords {
+pub struct ChildRecords<'a> {
     /// The last result record.
-    pub result: Option<ChildResult>,
+    pub result: Option<ChildResult<'a>>,
     /// The stack-overflow marker was written.
     pub stack_overflow: bool,
     /// The `exit` marker was written.
@@ -715,7 +717,7 @@ pub struct ChildRecords {
 
 /// Decodes the records a child wrote. Never panics; a malformed stream gives
 /// the records read before the fault and a `malformed` message.
-pub fn decode_records(bytes: &[u8]) -> ChildRecords {
+pub fn decode_records(bytes: &[u8]) -> ChildRecords<'_> {
     let mut out = ChildRecords::default();
     let mut rest = bytes;
     while !rest.is_empty() {
@@ -741,8 +743,8 @@ pub fn decode_records(bytes: &[u8]) -> ChildRecords {
         let payload = &rest[record::HEADER_LEN..record::HEADER_LEN + len as usize];
         rest = &rest[record::HEADER_LEN + len as usize..];
         match tag {
-            record::OK => out.result = Some(ChildResult::Ok(payload.to_vec())),
-            record::ERR => out.result = Some(ChildResult::Err(payload.to_vec())),
+            record::OK => out.result = Some(ChildResult::Ok(payload)),
+            record::ERR => out.result = Some(ChildResult::Err(payload)),
             record::PANIC => {
                 let mut r = Reader::new(payload);
                 let decoded = r.str("panic message").and_then(|message| {
