@@ -32,6 +32,10 @@ enum Act {
     Signals,
     /// Lists the open file descriptors.
     OpenFds,
+    /// Holds the argument and reports the `RLIMIT_DATA` soft limit and the
+    /// `VmData` of the handler, from which the room left under the heap
+    /// budget follows.
+    BudgetRoom(Vec<u8>),
 }
 
 #[derive(Serialize, Deserialize, Debug, PartialEq)]
@@ -44,6 +48,10 @@ enum Answer {
         blocked: Vec<u32>,
     },
     Fds(Vec<i32>),
+    LimitAndData {
+        limit: u64,
+        data: u64,
+    },
 }
 
 #[derive(Serialize, Deserialize)]
@@ -76,6 +84,28 @@ impl Handler for Probe {
             }
             Act::Panic(message) => panic!("{message}"),
             Act::Signals => Ok(signals()),
+            Act::BudgetRoom(held) => {
+                let status =
+                    std::fs::read_to_string("/proc/self/status").map_err(|e| e.to_string())?;
+                let data_kib: u64 = status
+                    .lines()
+                    .find_map(|line| line.strip_prefix("VmData:"))
+                    .and_then(|rest| rest.split_whitespace().next()?.parse().ok())
+                    .ok_or("no VmData line")?;
+                let mut limit = libc::rlimit {
+                    rlim_cur: 0,
+                    rlim_max: 0,
+                };
+                // SAFETY: `limit` is valid for writes.
+                if unsafe { libc::getrlimit(libc::RLIMIT_DATA, &mut limit) } != 0 {
+                    return Err("getrlimit failed".into());
+                }
+                std::hint::black_box(&held);
+                Ok(Answer::LimitAndData {
+                    limit: limit.rlim_cur,
+                    data: data_kib * 1024,
+                })
+            }
             Act::OpenFds => {
                 let mut fds: Vec<i32> = std::fs::read_dir("/proc/self/fd")
                     .map_err(|e| e.to_string())?
@@ -288,6 +318,32 @@ fn heap_budget_still_enforced() {
     );
     let after = execute_isolated(&Probe, Act::Allocate(1 << 20), &Context::new(), &options);
     assert_eq!(after, Ok(Answer::Number(1 << 20)));
+}
+
+#[test]
+fn heap_budget_counts_from_handler_start() {
+    const BUDGET: u64 = 8 << 20;
+    let options = defaults().max_heap_size(BUDGET);
+    // A large argument is decoded before the handler starts, so it must
+    // not use up the budget.
+    for held in [0, 1 << 20, 24 << 20] {
+        let answer = execute_isolated(
+            &Probe,
+            Act::BudgetRoom(vec![3; held]),
+            &Context::new(),
+            &options,
+        );
+        let Ok(Answer::LimitAndData { limit, data }) = answer else {
+            panic!("unexpected answer {answer:?}");
+        };
+        let room = limit.saturating_sub(data);
+        // The handler's own reading of procfs allocates a little before
+        // VmData is read.
+        assert!(
+            room <= BUDGET && room + (512 << 10) >= BUDGET,
+            "room {room} under a budget of {BUDGET} with {held} bytes held"
+        );
+    }
 }
 
 #[test]

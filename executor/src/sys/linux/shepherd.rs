@@ -33,6 +33,7 @@ pub fn run(socket: RawFd, caller_pid: libc::pid_t) -> ! {
     // Every child resets these and only these, so the shepherd must change
     // no disposition from here on.
     let non_default_signals = fork_child::non_default_signals();
+    let data_baseline = fork_child::DataBaseline::measure();
     // The socket is blocking on this side; reads during an execution use poll.
     let _ = syscalls::set_nonblocking(socket, false);
 
@@ -53,6 +54,7 @@ pub fn run(socket: RawFd, caller_pid: libc::pid_t) -> ! {
         buffer: vec![0; CHUNK],
         current: 0,
         non_default_signals,
+        data_baseline,
         child_fds: None,
     };
     loop {
@@ -118,6 +120,8 @@ struct Shepherd {
     current: libc::pid_t,
     /// Signals whose disposition each child resets to the default.
     non_default_signals: u64,
+    /// What each child computes its data size from.
+    data_baseline: Option<fork_child::DataBaseline>,
     /// The child's stdin and capture pipes, opened at the first execution.
     child_fds: Option<ChildFds>,
 }
@@ -313,6 +317,7 @@ impl Shepherd {
             result: fds.result.1.as_raw_fd(),
             max_heap_size: request.max_heap_size,
             non_default_signals: self.non_default_signals,
+            data_baseline: self.data_baseline,
             handler_type: request.handler_type,
             payload: request.payload,
         };
