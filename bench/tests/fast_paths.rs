@@ -28,6 +28,10 @@ enum Act {
     Allocate(u64),
     /// Panics with the message.
     Panic(String),
+    /// Calls `std::process::exit`, which runs `atexit` handlers.
+    Exit(i32),
+    /// Calls `_exit`, which skips them.
+    QuickExit(i32),
     /// Reports the handler's ignored, caught and blocked signal sets.
     Signals,
     /// Lists the open file descriptors.
@@ -83,6 +87,12 @@ impl Handler for Probe {
                 Ok(Answer::Number(std::hint::black_box(bytes).len() as u64))
             }
             Act::Panic(message) => panic!("{message}"),
+            Act::Exit(code) => std::process::exit(code),
+            Act::QuickExit(code) => {
+                // SAFETY: `_exit` ends the child at once, which is the
+                // behaviour under test.
+                unsafe { libc::_exit(code) }
+            }
             Act::Signals => Ok(signals()),
             Act::BudgetRoom(held) => {
                 let status =
@@ -344,6 +354,31 @@ fn heap_budget_counts_from_handler_start() {
             "room {room} under a budget of {BUDGET} with {held} bytes held"
         );
     }
+}
+
+#[test]
+fn exit_kinds_are_told_apart() {
+    for _ in 0..2 {
+        assert_eq!(
+            run(Act::Exit(3)),
+            Err(IsolationError::Crashed(CrashReason::Exit { code: 3 }))
+        );
+        assert_eq!(
+            run(Act::QuickExit(4)),
+            Err(IsolationError::Crashed(CrashReason::NoResult { code: 4 }))
+        );
+    }
+}
+
+#[test]
+fn panic_location_is_reported() {
+    let outcome = run(Act::Panic("located".into()));
+    let Err(IsolationError::Crashed(CrashReason::Panic { message, location })) = outcome else {
+        panic!("unexpected outcome {outcome:?}");
+    };
+    assert_eq!(message, "located");
+    let location = location.expect("a panic location");
+    assert!(location.contains("fast_paths.rs"), "{location}");
 }
 
 #[test]

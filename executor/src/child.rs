@@ -20,11 +20,8 @@ pub(crate) struct ChildCall<'a> {
     pub payload: &'a [u8],
     /// Applies the heap budget right before `execute` runs.
     pub apply_heap_budget: fn(),
-    /// Lifts the heap budget, after `execute` returns and while the panic
-    /// hook runs.
+    /// Lifts the heap budget after `execute` returns.
     pub lift_heap_budget: fn(),
-    /// Sets the budget applied before again, after the panic hook.
-    pub restore_heap_budget: fn(),
 }
 
 /// The signature shared by every monomorphised trampoline.
@@ -42,7 +39,11 @@ static PANIC_LOCATION: Mutex<Option<String>> = Mutex::new(None);
 /// previous hook. The heap budget is lifted while the previous hook runs,
 /// because printing a backtrace (`RUST_BACKTRACE`) allocates megabytes and
 /// would otherwise turn a panic into an allocation failure.
-fn install_panic_hook(lift_budget: fn(), restore_budget: fn()) {
+///
+/// The shepherd installs it once at start-up and every child inherits it,
+/// which spares each child the hook's allocation and the page faults of
+/// writing it.
+pub(crate) fn install_panic_hook(lift_budget: fn(), restore_budget: fn()) {
     let default_hook = panic::take_hook();
     panic::set_hook(Box::new(move |info| {
         if let Some(location) = info.location() {
@@ -129,7 +130,6 @@ fn run_handler<H: Handler>(call: &ChildCall<'_>) -> Vec<u8> {
         }
     };
 
-    install_panic_hook(call.lift_heap_budget, call.restore_heap_budget);
     (call.apply_heap_budget)();
     let outcome = panic::catch_unwind(AssertUnwindSafe(|| handler.execute(args, &context)));
     (call.lift_heap_budget)();

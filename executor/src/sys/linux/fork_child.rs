@@ -10,7 +10,7 @@
 
 use std::io::{Read, Write};
 use std::os::fd::RawFd;
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI32, AtomicU64, AtomicUsize, Ordering};
 
 use crate::child::{ChildCall, Trampoline};
 use crate::protocol::record;
@@ -112,7 +112,6 @@ pub fn run(setup: &ChildSetup<'_>, trampoline: Trampoline) -> ! {
     reset_signals(setup.non_default_signals);
     arrange_fds(setup);
     install_fault_handler();
-    install_exit_marker();
 
     if let Some(budget) = setup.max_heap_size {
         HEAP_BUDGET.store(budget, Ordering::Relaxed);
@@ -126,7 +125,6 @@ pub fn run(setup: &ChildSetup<'_>, trampoline: Trampoline) -> ! {
         payload: setup.payload,
         apply_heap_budget,
         lift_heap_budget,
-        restore_heap_budget,
     };
     let record_bytes = trampoline(&call);
 
@@ -383,16 +381,31 @@ extern "C" fn on_fault(
     }
 }
 
+/// The shepherd's pid, set by [`prepare_shepherd`]; the exit marker is
+/// written only by other processes, which are its children.
+static SHEPHERD_PID: AtomicI32 = AtomicI32::new(0);
+
 extern "C" fn on_exit() {
+    // SAFETY: getpid has no preconditions.
+    if unsafe { libc::getpid() } == SHEPHERD_PID.load(Ordering::Relaxed) {
+        return;
+    }
     let mut marker = [0u8; record::HEADER_LEN];
     marker[0] = record::EXIT_CALLED;
     write_all_raw(RESULT_FD, &marker);
 }
 
-/// Registers the `exit` marker with `atexit`; `_exit` and `exec` skip it.
-fn install_exit_marker() {
+/// Sets up, once in the shepherd, what every child inherits instead of
+/// setting it up itself: the `exit` marker (registered with `atexit`, which
+/// `_exit` and `exec` skip), the panic hook, and stdout's buffer, which the
+/// child flushes before it leaves. Each of these writes static data or
+/// allocates, which costs a forked child a page fault per page touched.
+pub fn prepare_shepherd() {
+    SHEPHERD_PID.store(super::syscalls::getpid(), Ordering::Relaxed);
     // SAFETY: `on_exit` is a valid extern "C" fn with no arguments.
     unsafe { libc::atexit(on_exit) };
+    crate::child::install_panic_hook(lift_heap_budget, restore_heap_budget);
+    drop(std::io::stdout());
 }
 
 /// The heap budget of this child in bytes; `u64::MAX` when there is none.

@@ -34,6 +34,7 @@ pub fn run(socket: RawFd, caller_pid: libc::pid_t) -> ! {
     // no disposition from here on.
     let non_default_signals = fork_child::non_default_signals();
     let data_baseline = fork_child::DataBaseline::measure();
+    fork_child::prepare_shepherd();
     // The socket is blocking on this side; reads during an execution use poll.
     let _ = syscalls::set_nonblocking(socket, false);
 
