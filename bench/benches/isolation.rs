@@ -3,21 +3,29 @@
 //! 64 MiB payload rates and start-up times.
 //!
 //! Run: `cargo bench -p isolated-bench`. Environment:
-//! - `ISOLATED_BENCH_QUICK=1` cuts every run count by about ten;
-//! - `ISOLATED_BENCH_ONLY=a,b` runs only the named sections (`floor`,
-//!   `startup`, `sequential`, `parallel`, `peers`, `timeout`, `data`); the
+//! - `ISOLATED_BENCH_QUICK=1` runs about a fifth of the samples;
+//! - `ISOLATED_BENCH_ONLY=a,b` runs only the named sections (`startup`,
+//!   `command`, `sequential`, `parallel`, `peers`, `timeout`, `data`). The
 //!   fork floor always runs, because every ratio needs it.
 //!
-//! This binary is re-executed three ways: as a shepherd of the executor
+//! The latency figures are taken in rounds, each round measuring every
+//! figure once, so that load from other processes on the machine falls on
+//! all figures alike. The fork floor runs in a helper process (this binary
+//! started again), which has a single thread when it forks.
+//!
+//! This binary is re-executed four ways: as a shepherd of the executor
 //! (`ISOLATED_EXECUTOR_SHEPHERD_FD` set), as a procspawn child
-//! (`__PROCSPAWN_CONTENT_PROCESS_ID` set) and as a rusty-fork child
-//! (`RUSTY_FORK_OCCURS` set). Each hook at the top of `main` diverts only
-//! on its own variable, so their order does not matter.
+//! (`__PROCSPAWN_CONTENT_PROCESS_ID` set), as a rusty-fork child
+//! (`RUSTY_FORK_OCCURS` set) and as the floor helper
+//! (`ISOLATED_BENCH_FLOOR_RUNS` set). Each hook at the top of `main` diverts
+//! only on its own variable, so their order does not matter.
 
+use std::collections::BTreeMap;
+use std::io::Write;
 use std::time::{Duration, Instant};
 
 use isolated_bench::{
-    Samples, fork_exit_wait, megabytes_per_second, micros, millis, ratio, time_each,
+    Samples, measure_fork_floor, megabytes_per_second, micros, millis, ratio, time_each,
 };
 use isolated_executor::{
     Context, Handler, IsolationError, Supervisor, SupervisorConfig, defaults, execute_isolated,
@@ -52,8 +60,8 @@ impl Handler for Sleep {
     }
 }
 
-/// Takes a large argument and returns its length and a checksum of its
-/// first and last byte, so the bytes are known to have arrived.
+/// Takes a large argument and returns its length and the XOR of its first
+/// and last byte, so the bytes are known to have arrived.
 #[derive(Serialize, Deserialize)]
 struct Consume;
 
@@ -80,13 +88,13 @@ impl Handler for Produce {
     }
 }
 
-/// The procspawn counterpart of `Increment`.
+/// Adds one to its argument: procspawn's counterpart of `Increment`.
 fn increment(value: u64) -> u64 {
     value + 1
 }
 
 /// Runs one rusty-fork child that does nothing and waits for it. The child
-/// is this binary re-executed with `RUSTY_FORK_OCCURS` set; `main` calls
+/// is this binary re-executed with `RUSTY_FORK_OCCURS` set. `main` calls
 /// this function again there, and the same call site gives the same fork
 /// id, so rusty-fork runs the empty closure and exits the child.
 fn rusty_fork_trivial() {
@@ -102,7 +110,50 @@ fn rusty_fork_trivial() {
     assert!(status.success(), "rusty-fork child ended with {status}");
 }
 
+/// Environment variable that makes this binary measure the fork floor and
+/// print one duration in nanoseconds per line.
+const ENV_FLOOR_RUNS: &str = "ISOLATED_BENCH_FLOOR_RUNS";
+
+/// Measures `runs` forks after a warm-up of a tenth as many and prints each
+/// duration in nanoseconds. Runs in the helper process only.
+fn floor_helper(runs: usize) -> ! {
+    let samples = measure_fork_floor(runs / 10, runs).expect("fork floor");
+    let mut out = std::io::stdout().lock();
+    for sample in samples.iter() {
+        writeln!(out, "{}", sample.as_nanos()).expect("writing a floor sample");
+    }
+    out.flush().expect("flushing the floor samples");
+    std::process::exit(0);
+}
+
+/// Runs the floor helper and returns its samples.
+fn floor_in_helper(runs: usize) -> Vec<Duration> {
+    let exe = std::env::current_exe().expect("current_exe");
+    let output = std::process::Command::new(exe)
+        .env(ENV_FLOOR_RUNS, runs.to_string())
+        .output()
+        .expect("starting the floor helper");
+    assert!(
+        output.status.success(),
+        "the floor helper failed: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8(output.stdout)
+        .expect("floor helper output")
+        .lines()
+        .map(|line| Duration::from_nanos(line.parse().expect("a floor sample")))
+        .collect()
+}
+
 const DATA_LEN: usize = 64 << 20;
+const FLOOR: &str = "fork + _exit + waitpid (floor)";
+const COMMAND: &str = "Command::new(\"/bin/true\").status()";
+const SEQUENTIAL: &str = "isolated, sequential (default options)";
+const NO_BUDGET: &str = "isolated, sequential, no heap budget";
+const PROCSPAWN: &str = "procspawn spawn + join";
+const RUSTY_FORK: &str = "rusty-fork fork + wait";
+/// Row order of the latency table.
+const ROWS: [&str; 6] = [FLOOR, COMMAND, SEQUENTIAL, NO_BUDGET, PROCSPAWN, RUSTY_FORK];
 
 struct Settings {
     quick: bool,
@@ -118,42 +169,19 @@ impl Settings {
         Settings { quick, only }
     }
 
-    /// `full` runs, or about a tenth of them in quick mode.
+    /// `full` runs, or about a fifth of them in quick mode.
     fn runs(&self, full: usize) -> usize {
-        if self.quick { (full / 10).max(3) } else { full }
+        if self.quick { (full / 5).max(3) } else { full }
+    }
+
+    fn rounds(&self) -> usize {
+        if self.quick { 2 } else { 10 }
     }
 
     fn wants(&self, section: &str) -> bool {
         self.only
             .as_ref()
             .is_none_or(|list| list.iter().any(|s| s == section))
-    }
-}
-
-/// One row of the latency table.
-struct Row {
-    name: String,
-    samples: Samples,
-}
-
-fn print_latency_table(rows: &[Row], floor: Duration) {
-    println!();
-    println!(
-        "{:<46} {:>6} {:>10} {:>10} {:>10} {:>10} {:>8}",
-        "figure (µs per execution)", "n", "mean", "p50", "p90", "p99", "x floor"
-    );
-    for row in rows {
-        let s = &row.samples;
-        println!(
-            "{:<46} {:>6} {:>10} {:>10} {:>10} {:>10} {:>8}",
-            row.name,
-            s.len(),
-            micros(s.mean()),
-            micros(s.percentile(50.0)),
-            micros(s.percentile(90.0)),
-            micros(s.percentile(99.0)),
-            ratio(s.mean(), floor),
-        );
     }
 }
 
@@ -164,117 +192,28 @@ fn main() {
         rusty_fork_trivial();
         unreachable!("rusty-fork exits its child after the closure");
     }
-
-    let settings = Settings::from_env();
-    let mut rows = Vec::new();
-
-    // The floor comes first, while this process still has one thread.
-    let floor_samples = time_each(settings.runs(200), settings.runs(2000), || {
-        fork_exit_wait().expect("fork floor")
-    });
-    let floor = floor_samples.mean();
-    rows.push(Row {
-        name: "fork + _exit + waitpid (floor)".into(),
-        samples: floor_samples,
-    });
-
-    if settings.wants("floor") {
-        let samples = time_each(settings.runs(50), settings.runs(500), || {
-            let status = std::process::Command::new("/bin/true")
-                .status()
-                .expect("running /bin/true");
-            assert!(status.success());
-        });
-        rows.push(Row {
-            name: "Command::new(\"/bin/true\").status()".into(),
-            samples,
-        });
+    if let Ok(runs) = std::env::var(ENV_FLOOR_RUNS) {
+        floor_helper(runs.parse().expect("ISOLATED_BENCH_FLOOR_RUNS is a count"));
     }
 
+    let settings = Settings::from_env();
+    print_machine();
+
+    // Must be the first isolated execution of this process.
     if settings.wants("startup") {
         startup(&settings);
     }
 
-    let mut sequential_mean = None;
-    if settings.wants("sequential") {
-        let options = defaults();
-        let samples = time_each(settings.runs(300), settings.runs(3000), || {
-            assert_eq!(
-                execute_isolated(&Increment, 41, &Context::new(), &options),
-                Ok(42)
-            );
-        });
-        sequential_mean = Some(samples.mean());
-        rows.push(Row {
-            name: "isolated, sequential (default options)".into(),
-            samples,
-        });
-
-        let options = defaults().max_heap_size(None);
-        let samples = time_each(settings.runs(300), settings.runs(3000), || {
-            assert_eq!(
-                execute_isolated(&Increment, 41, &Context::new(), &options),
-                Ok(42)
-            );
-        });
-        rows.push(Row {
-            name: "isolated, sequential, no heap budget".into(),
-            samples,
-        });
+    let mut samples: BTreeMap<&str, Vec<Duration>> = BTreeMap::new();
+    let mut parallel = Throughput::default();
+    for _ in 0..settings.rounds() {
+        measure_round(&settings, &mut samples, &mut parallel);
     }
-
-    let mut parallel = None;
-    if settings.wants("parallel") {
-        parallel = Some(parallel_throughput(&settings));
-    }
-
-    if settings.wants("peers") {
-        let samples = time_each(settings.runs(10), settings.runs(200), || {
-            let result = procspawn::spawn(41u64, increment).join();
-            assert_eq!(result.expect("procspawn join"), 42);
-        });
-        rows.push(Row {
-            name: "procspawn spawn + join".into(),
-            samples,
-        });
-
-        let samples = time_each(settings.runs(10), settings.runs(200), rusty_fork_trivial);
-        rows.push(Row {
-            name: "rusty-fork fork + wait".into(),
-            samples,
-        });
-    }
-
-    print_latency_table(&rows, floor);
-    if let Some((per_execution, callers)) = parallel {
-        println!(
-            "{:<46} {:>6} {:>10} {:>10} {:>10} {:>10} {:>8}",
-            format!("isolated, {callers} callers (wall time / executions)"),
-            "",
-            micros(per_execution),
-            "",
-            "",
-            "",
-            ratio(per_execution, floor),
-        );
-        if let Some(sequential) = sequential_mean {
-            println!(
-                "parallel throughput / sequential throughput: {:.2}x",
-                sequential.as_secs_f64() / per_execution.as_secs_f64()
-            );
-        }
-    }
-    if let (Some(sequential), Some(procspawn)) = (
-        sequential_mean,
-        rows.iter()
-            .find(|r| r.name.starts_with("procspawn"))
-            .map(|r| r.samples.mean()),
-    ) {
-        println!(
-            "procspawn spawn + join / isolated sequential: {:.1}x",
-            procspawn.as_secs_f64() / sequential.as_secs_f64()
-        );
-    }
+    let samples: BTreeMap<&str, Samples> = samples
+        .into_iter()
+        .map(|(name, values)| (name, Samples::new(values)))
+        .collect();
+    print_latency_table(&samples, &parallel);
 
     if settings.wants("timeout") {
         timeout_precision(&settings);
@@ -282,13 +221,118 @@ fn main() {
     if settings.wants("data") {
         data_rates(&settings);
     }
+    println!();
+    println!("load average at the end: {}", load_average());
 }
 
-/// Runs `Increment` from two threads at once and returns the wall time per
-/// execution and the number of callers.
-fn parallel_throughput(settings: &Settings) -> (Duration, usize) {
+/// Prints what the figures were measured on.
+fn print_machine() {
+    let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+    let model = cpuinfo
+        .lines()
+        .find_map(|line| line.strip_prefix("model name"))
+        .map(|rest| rest.trim_start_matches([' ', '\t', ':']).to_owned())
+        .unwrap_or_else(|| "unknown".into());
+    let meminfo = std::fs::read_to_string("/proc/meminfo").unwrap_or_default();
+    let memory = meminfo
+        .lines()
+        .find_map(|line| line.strip_prefix("MemTotal:"))
+        .map(|rest| rest.trim().to_owned())
+        .unwrap_or_else(|| "unknown".into());
+    let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
+    let cpus = std::thread::available_parallelism().map_or(0, |n| n.get());
+    println!(
+        "machine: {cpus} CPUs ({model}), {memory} memory, Linux {}",
+        kernel.trim()
+    );
+    println!("load average at the start: {}", load_average());
+    println!();
+}
+
+fn load_average() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .map(|text| {
+            text.split_whitespace()
+                .take(3)
+                .collect::<Vec<_>>()
+                .join(" ")
+        })
+        .unwrap_or_else(|_| "unknown".into())
+}
+
+/// Wall time of parallel executions, summed over rounds.
+#[derive(Default)]
+struct Throughput {
+    callers: usize,
+    executions: u32,
+    wall: Duration,
+}
+
+/// Measures every latency figure once.
+fn measure_round(
+    settings: &Settings,
+    samples: &mut BTreeMap<&'static str, Vec<Duration>>,
+    parallel: &mut Throughput,
+) {
+    samples
+        .entry(FLOOR)
+        .or_default()
+        .extend(floor_in_helper(settings.runs(500)));
+
+    if settings.wants("command") {
+        let measured = time_each(5, settings.runs(50), || {
+            let status = std::process::Command::new("/bin/true")
+                .status()
+                .expect("running /bin/true");
+            assert!(status.success());
+        });
+        samples.entry(COMMAND).or_default().extend(measured.iter());
+    }
+
+    if settings.wants("sequential") {
+        for (name, options) in [
+            (SEQUENTIAL, defaults()),
+            (NO_BUDGET, defaults().max_heap_size(None)),
+        ] {
+            let measured = time_each(settings.runs(50), settings.runs(500), || {
+                assert_eq!(
+                    execute_isolated(&Increment, 41, &Context::new(), &options),
+                    Ok(42)
+                );
+            });
+            samples.entry(name).or_default().extend(measured.iter());
+        }
+    }
+
+    if settings.wants("parallel") {
+        let (callers, executions, wall) = parallel_round(settings.runs(500));
+        parallel.callers = callers;
+        parallel.executions += executions;
+        parallel.wall += wall;
+    }
+
+    if settings.wants("peers") {
+        let measured = time_each(2, settings.runs(20), || {
+            let result = procspawn::spawn(41u64, increment).join();
+            assert_eq!(result.expect("procspawn join"), 42);
+        });
+        samples
+            .entry(PROCSPAWN)
+            .or_default()
+            .extend(measured.iter());
+
+        let measured = time_each(2, settings.runs(20), rusty_fork_trivial);
+        samples
+            .entry(RUSTY_FORK)
+            .or_default()
+            .extend(measured.iter());
+    }
+}
+
+/// Runs `Increment` `per_caller` times from each of two threads at once and
+/// returns the number of callers, of executions and the wall time.
+fn parallel_round(per_caller: usize) -> (usize, u32, Duration) {
     const CALLERS: usize = 2;
-    let per_caller = settings.runs(3000);
     let run = |count: usize| {
         std::thread::scope(|scope| {
             for _ in 0..CALLERS {
@@ -304,15 +348,71 @@ fn parallel_throughput(settings: &Settings) -> (Duration, usize) {
             }
         });
     };
-    // Warm-up starts a second shepherd in the global pool.
-    run(settings.runs(300));
+    // The warm-up also starts the second shepherd of the global pool.
+    run(per_caller / 10 + 1);
     let start = Instant::now();
     run(per_caller);
-    (start.elapsed() / (CALLERS * per_caller) as u32, CALLERS)
+    (CALLERS, (CALLERS * per_caller) as u32, start.elapsed())
 }
 
-/// The first execution through a supervisor, which starts its shepherd,
-/// and `Supervisor::start` with eight prestarted shepherds.
+fn print_latency_table(samples: &BTreeMap<&str, Samples>, parallel: &Throughput) {
+    let floor = &samples[FLOOR];
+    println!(
+        "| {:<46} | {:>5} | {:>8} | {:>8} | {:>8} | {:>8} | {:>11} | {:>10} |",
+        "figure (µs per execution)", "n", "mean", "p50", "p90", "p99", "mean/floor", "p50/floor"
+    );
+    println!(
+        "|{:-<48}|{:->7}|{:->10}|{:->10}|{:->10}|{:->10}|{:->13}|{:->12}|",
+        "", "", "", "", "", "", "", ""
+    );
+    for name in ROWS {
+        let Some(s) = samples.get(name) else {
+            continue;
+        };
+        println!(
+            "| {:<46} | {:>5} | {:>8} | {:>8} | {:>8} | {:>8} | {:>11} | {:>10} |",
+            name,
+            s.len(),
+            micros(s.mean()),
+            micros(s.percentile(50.0)),
+            micros(s.percentile(90.0)),
+            micros(s.percentile(99.0)),
+            ratio(s.mean(), floor.mean()),
+            ratio(s.percentile(50.0), floor.percentile(50.0)),
+        );
+    }
+    if parallel.executions > 0 {
+        let per_execution = parallel.wall / parallel.executions;
+        println!(
+            "| {:<46} | {:>5} | {:>8} | {:>8} | {:>8} | {:>8} | {:>11} | {:>10} |",
+            format!("isolated, {} callers: wall / executions", parallel.callers),
+            parallel.executions,
+            micros(per_execution),
+            "",
+            "",
+            "",
+            ratio(per_execution, floor.mean()),
+            "",
+        );
+        if let Some(sequential) = samples.get(SEQUENTIAL) {
+            println!();
+            println!(
+                "parallel throughput / sequential throughput (means): {:.2}x",
+                sequential.mean().as_secs_f64() / per_execution.as_secs_f64()
+            );
+        }
+    }
+    if let (Some(sequential), Some(procspawn)) = (samples.get(SEQUENTIAL), samples.get(PROCSPAWN)) {
+        println!(
+            "procspawn spawn + join / isolated sequential: {:.1}x (means), {:.1}x (p50)",
+            procspawn.mean().as_secs_f64() / sequential.mean().as_secs_f64(),
+            procspawn.percentile(50.0).as_secs_f64() / sequential.percentile(50.0).as_secs_f64()
+        );
+    }
+}
+
+/// Measures the first execution through a supervisor, which starts its
+/// shepherd, and `Supervisor::start` with eight prestarted shepherds.
 fn startup(settings: &Settings) {
     println!("start-up");
 
@@ -369,6 +469,7 @@ fn startup(settings: &Settings) {
         millis(starts.percentile(50.0)),
         millis(starts.max())
     );
+    println!();
 }
 
 /// How late a 50 ms timeout with no grace period returns.
@@ -388,14 +489,14 @@ fn timeout_precision(settings: &Settings) {
         shepherd_late.push(report.child_duration.saturating_sub(TIMEOUT));
     }
     println!();
-    println!("timeout precision: 50 ms timeout, zero grace, handler sleeps 10 s");
+    println!("timeout precision: 50 ms timeout, zero grace, the handler sleeps 10 s");
     for (name, samples) in [
         (
-            "  call returned after the timeout (caller)",
+            "  call returned, after the timeout",
             Samples::new(caller_late),
         ),
         (
-            "  child reaped after the timeout (shepherd)",
+            "  child reaped by the shepherd, after the timeout",
             Samples::new(shepherd_late),
         ),
     ] {
@@ -443,7 +544,7 @@ fn data_rates(settings: &Settings) {
     }
 
     println!();
-    println!("data: 64 MiB Vec<u8>, max_heap_size(None), whole call timed");
+    println!("data: 64 MiB Vec<u8>, max_heap_size(None), whole call timed, MB = 10^6 bytes");
     for (name, samples) in [
         ("  argument", Samples::new(argument)),
         ("  result", Samples::new(result)),

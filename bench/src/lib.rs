@@ -38,6 +38,11 @@ impl Samples {
         self.sorted.is_empty()
     }
 
+    /// Iterates over the samples in ascending order.
+    pub fn iter(&self) -> impl Iterator<Item = Duration> + '_ {
+        self.sorted.iter().copied()
+    }
+
     /// Arithmetic mean.
     pub fn mean(&self) -> Duration {
         let total: Duration = self.sorted.iter().sum();
@@ -84,24 +89,41 @@ pub fn thread_count() -> io::Result<usize> {
     Ok(std::fs::read_dir("/proc/self/task")?.count())
 }
 
-/// Runs one `fork()`, `_exit(0)` in the child and `waitpid` in the parent:
+/// Measures the fork floor: `runs` times one `fork()`, `_exit(0)` in the
+/// child and `waitpid` in the parent, after `warmup` untimed ones. This is
 /// the least that any process-per-call isolation can cost.
 ///
 /// # Errors
 ///
 /// When `fork` or `waitpid` fails, or this process has more than one
-/// thread (forking a multithreaded process measures something else and
-/// the child could only call async-signal-safe functions).
-pub fn fork_exit_wait() -> io::Result<()> {
+/// thread: forking a multithreaded process measures something else, and
+/// its child could only call async-signal-safe functions.
+pub fn measure_fork_floor(warmup: usize, runs: usize) -> io::Result<Samples> {
     if thread_count()? != 1 {
         return Err(io::Error::other(
             "the fork floor must be measured before any thread starts",
         ));
     }
+    for _ in 0..warmup {
+        fork_exit_wait()?;
+    }
+    let mut samples = Vec::with_capacity(runs);
+    for _ in 0..runs {
+        let start = Instant::now();
+        fork_exit_wait()?;
+        samples.push(start.elapsed());
+    }
+    Ok(Samples::new(samples))
+}
 
-    // SAFETY: this process has one thread (checked above), so the child
-    // inherits no lock that another thread held. The child only calls
-    // `_exit`, which is async-signal-safe anyway.
+/// Forks once, exits the child with `_exit(0)` and reaps it. Only
+/// `measure_fork_floor` calls it, after checking that this process has one
+/// thread.
+fn fork_exit_wait() -> io::Result<()> {
+    // SAFETY: `measure_fork_floor` checked that this process has one
+    // thread, and it starts none, so the child inherits no lock that
+    // another thread held. The child only calls `_exit`, which is
+    // async-signal-safe anyway.
     let pid = unsafe { libc::fork() };
     if pid < 0 {
         return Err(io::Error::last_os_error());
