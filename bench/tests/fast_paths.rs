@@ -36,6 +36,9 @@ enum Act {
     Signals,
     /// Lists the open file descriptors.
     OpenFds,
+    /// Sets `O_NONBLOCK` on stdout, stderr and the result pipe (fd 3) and
+    /// returns their status flags from before.
+    SetNonBlocking,
     /// Holds the argument and reports the `RLIMIT_DATA` soft limit and the
     /// `VmData` of the handler, from which the room left under the heap
     /// budget follows.
@@ -115,6 +118,18 @@ impl Handler for Probe {
                     limit: limit.rlim_cur,
                     data: data_kib * 1024,
                 })
+            }
+            Act::SetNonBlocking => {
+                let mut before = Vec::new();
+                for fd in 1..=3 {
+                    // SAFETY: fcntl on the handler's own fds with int
+                    // arguments.
+                    let flags = unsafe { libc::fcntl(fd, libc::F_GETFL) };
+                    // SAFETY: as above.
+                    unsafe { libc::fcntl(fd, libc::F_SETFL, flags | libc::O_NONBLOCK) };
+                    before.push(flags);
+                }
+                Ok(Answer::Fds(before))
             }
             Act::OpenFds => {
                 let mut fds: Vec<i32> = std::fs::read_dir("/proc/self/fd")
@@ -275,6 +290,26 @@ fn large_output_leaves_nothing_for_next_run() {
     assert_eq!(quiet.stdout_bytes, 0);
     assert_eq!(quiet.stderr_bytes, 0);
     assert_eq!(quiet.stdout_tail, "");
+    supervisor.shutdown();
+}
+
+#[test]
+fn fd_flags_do_not_carry_over() {
+    let supervisor = Supervisor::start(SupervisorConfig {
+        max_children: 1,
+        ..SupervisorConfig::default()
+    })
+    .expect("supervisor");
+    let options = defaults().supervisor(supervisor.clone());
+    for _ in 0..3 {
+        let answer = execute_isolated(&Probe, Act::SetNonBlocking, &Context::new(), &options);
+        let Ok(Answer::Fds(flags)) = answer else {
+            panic!("unexpected answer {answer:?}");
+        };
+        for (fd, flags) in (1..=3).zip(flags) {
+            assert_eq!(flags & libc::O_NONBLOCK, 0, "fd {fd} started non-blocking");
+        }
+    }
     supervisor.shutdown();
 }
 

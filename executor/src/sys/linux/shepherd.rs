@@ -77,6 +77,8 @@ pub fn run(socket: RawFd, caller_pid: libc::pid_t) -> ! {
                 if send_frame(socket, Kind::Report, &[&report.records, &tail]).is_err() {
                     exit(0);
                 }
+                // Done while the caller reads the report.
+                shepherd.reset_child_fds();
             }
             // A cancel for an execution that already ended.
             Kind::Cancel => {}
@@ -140,6 +142,26 @@ struct ChildFds {
 }
 
 impl ChildFds {
+    /// Clears the status flags of the fds a child gets. Its fds 0-3 share
+    /// open file descriptions with these, so flags that a handler set on its
+    /// stdout (`O_NONBLOCK`, as some async runtimes do, or `O_ASYNC`) would
+    /// otherwise carry over to the next child. The pipes' write ends and
+    /// `/dev/null` have no status flags when opened.
+    ///
+    /// NOTE: a pipe's size belongs to the pipe, so a handler that resizes
+    /// one with `F_SETPIPE_SZ` resizes it for later children too. That
+    /// changes only how fast output moves.
+    fn clear_status_flags(&self) {
+        for fd in [
+            &self.devnull,
+            &self.stdout.1,
+            &self.stderr.1,
+            &self.result.1,
+        ] {
+            let _ = syscalls::clear_status_flags(fd.as_raw_fd());
+        }
+    }
+
     fn open() -> Result<ChildFds, String> {
         let pipe = || syscalls::pipe().map_err(|e| format!("pipe failed: {e}"));
         let result = pipe()?;
@@ -273,6 +295,14 @@ impl Shepherd {
         let (frame, used) = self.decoder.feed(&self.inbox).ok()?;
         self.inbox.drain(..used);
         Some(frame)
+    }
+
+    /// Clears what the last handler may have changed on the fds the next
+    /// child gets.
+    fn reset_child_fds(&self) {
+        if let Some(fds) = &self.child_fds {
+            fds.clear_status_flags();
+        }
     }
 
     fn execute(&mut self, request: &Request<'_>) -> Report {

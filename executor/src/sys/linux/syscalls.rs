@@ -63,6 +63,14 @@ pub fn set_nonblocking(fd: RawFd, on: bool) -> io::Result<()> {
     Ok(())
 }
 
+/// Clears every file status flag that `F_SETFL` can change (`O_NONBLOCK`,
+/// `O_APPEND`, `O_ASYNC`, `O_DIRECT`, `O_NOATIME`) with `fcntl`.
+pub fn clear_status_flags(fd: RawFd) -> io::Result<()> {
+    // SAFETY: F_SETFL takes an int argument.
+    check(unsafe { libc::fcntl(fd, libc::F_SETFL, 0) })?;
+    Ok(())
+}
+
 /// Clears `FD_CLOEXEC` so the fd survives `exec`.
 pub fn clear_cloexec(fd: RawFd) -> io::Result<()> {
     // SAFETY: F_SETFD takes an int argument.
