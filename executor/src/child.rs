@@ -22,9 +22,12 @@ pub(crate) struct ChildCall<'a> {
     pub apply_heap_budget: fn(),
     /// Lifts the heap budget after `execute` returns.
     pub lift_heap_budget: fn(),
+    /// Writes a whole record to the result pipe.
+    pub write_record: fn(&[u8]),
 }
 
-/// The signature shared by every monomorphised trampoline.
+/// The signature shared by every monomorphised trampoline. It returns the
+/// record to write, or an empty vector when it wrote the record itself.
 pub(crate) type Trampoline = fn(&ChildCall<'_>) -> Vec<u8>;
 
 /// Returns the trampoline of `H`.
@@ -71,6 +74,31 @@ fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
     } else {
         "Box<dyn Any>".to_owned()
     }
+}
+
+/// Size of the stack buffer `emit_record` tries first.
+const SMALL_RECORD: usize = 512;
+
+/// Writes a record of type `tag` holding `value` through
+/// `call.write_record` when it fits in a stack buffer, and returns an empty
+/// vector; otherwise returns the record to write. Writing a small result
+/// from the stack allocates nothing, which spares a forked child the
+/// copy-on-write faults on malloc's pages.
+fn emit_record<T: serde::Serialize>(
+    call: &ChildCall<'_>,
+    tag: u8,
+    value: &T,
+) -> postcard::Result<Vec<u8>> {
+    let mut small = [0u8; SMALL_RECORD];
+    let len = match postcard::to_slice(value, &mut small[record::HEADER_LEN..]) {
+        Ok(encoded) => encoded.len(),
+        Err(postcard::Error::SerializeBufferFull) => return serialize_record(tag, value),
+        Err(e) => return Err(e),
+    };
+    small[0] = tag;
+    small[1..record::HEADER_LEN].copy_from_slice(&(len as u64).to_le_bytes());
+    (call.write_record)(&small[..record::HEADER_LEN + len]);
+    Ok(Vec::new())
 }
 
 /// Serializes `value` with postcard into a record of type `tag`, writing the
@@ -135,13 +163,13 @@ fn run_handler<H: Handler>(call: &ChildCall<'_>) -> Vec<u8> {
     (call.lift_heap_budget)();
 
     match outcome {
-        Ok(Ok(output)) => match serialize_record(record::OK, &output) {
+        Ok(Ok(output)) => match emit_record(call, record::OK, &output) {
             Ok(record) => record,
             Err(e) => failure(format!(
                 "failed to encode the output of {expected}: {e}; check its Serialize impl"
             )),
         },
-        Ok(Err(error)) => match serialize_record(record::ERR, &error) {
+        Ok(Err(error)) => match emit_record(call, record::ERR, &error) {
             Ok(record) => record,
             Err(e) => failure(format!(
                 "failed to encode the error of {expected}: {e}; check its Serialize impl"
@@ -173,6 +201,37 @@ mod tests {
             serialize_record(record::ERR, &()).unwrap(),
             encode_record(record::ERR, &[])
         );
+    }
+
+    static WRITTEN: Mutex<Vec<u8>> = Mutex::new(Vec::new());
+
+    fn capture(bytes: &[u8]) {
+        WRITTEN.lock().unwrap().extend_from_slice(bytes);
+    }
+
+    fn nothing() {}
+
+    #[test]
+    fn small_record_written_from_stack_and_large_returned() {
+        let call = ChildCall {
+            handler_type: "",
+            payload: &[],
+            apply_heap_budget: nothing,
+            lift_heap_budget: nothing,
+            write_record: capture,
+        };
+        let small = String::from("small");
+        let returned = emit_record(&call, record::OK, &small).unwrap();
+        assert!(returned.is_empty());
+        let written = std::mem::take(&mut *WRITTEN.lock().unwrap());
+        let bytes = postcard::to_stdvec(&small).unwrap();
+        assert_eq!(written, encode_record(record::OK, &bytes));
+
+        let large = vec![7u8; SMALL_RECORD * 2];
+        let returned = emit_record(&call, record::ERR, &large).unwrap();
+        let bytes = postcard::to_stdvec(&large).unwrap();
+        assert_eq!(returned, encode_record(record::ERR, &bytes));
+        assert!(WRITTEN.lock().unwrap().is_empty());
     }
 
     #[test]

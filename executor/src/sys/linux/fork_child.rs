@@ -61,6 +61,11 @@ fn fail(fd: RawFd, message: &'static [u8]) -> ! {
     unsafe { libc::_exit(SETUP_FAILED) }
 }
 
+/// Writes a record to the result pipe.
+fn write_result(bytes: &[u8]) {
+    write_all_raw(RESULT_FD, bytes);
+}
+
 /// `write` until done or an error, without allocating.
 fn write_all_raw(fd: RawFd, mut bytes: &[u8]) {
     while !bytes.is_empty() {
@@ -125,10 +130,13 @@ pub fn run(setup: &ChildSetup<'_>, trampoline: Trampoline) -> ! {
         payload: setup.payload,
         apply_heap_budget,
         lift_heap_budget,
+        write_record: write_result,
     };
     let record_bytes = trampoline(&call);
 
-    write_all_raw(RESULT_FD, &record_bytes);
+    if !record_bytes.is_empty() {
+        write_all_raw(RESULT_FD, &record_bytes);
+    }
     let _ = std::io::stdout().flush();
     // SAFETY: the result is written; _exit skips atexit handlers, so the
     // exit marker is only written when the handler itself calls exit.
