@@ -32,6 +32,10 @@ enum Act {
     Exit(i32),
     /// Calls `_exit`, which skips them.
     QuickExit(i32),
+    /// Recurses until the stack runs out.
+    Overflow,
+    /// Writes through a null pointer.
+    Segfault,
     /// Reports the handler's ignored, caught and blocked signal sets.
     Signals,
     /// Lists the open file descriptors.
@@ -91,6 +95,13 @@ impl Handler for Probe {
             }
             Act::Panic(message) => panic!("{message}"),
             Act::Exit(code) => std::process::exit(code),
+            Act::Overflow => Ok(Answer::Number(recurse(0))),
+            Act::Segfault => {
+                // SAFETY: none; the invalid write is the behaviour under
+                // test and kills the child.
+                unsafe { std::ptr::null_mut::<u64>().write_volatile(1) };
+                Ok(Answer::Number(1))
+            }
             Act::QuickExit(code) => {
                 // SAFETY: `_exit` ends the child at once, which is the
                 // behaviour under test.
@@ -141,6 +152,15 @@ impl Handler for Probe {
             }
         }
     }
+}
+
+/// Recurses without end; each frame keeps a buffer alive so the compiler
+/// cannot turn the recursion into a loop.
+#[allow(unconditional_recursion)]
+fn recurse(depth: u64) -> u64 {
+    let frame = [depth; 64];
+    std::hint::black_box(&frame);
+    recurse(depth + 1) + frame[3]
 }
 
 fn counting(len: usize, seed: u8) -> Vec<u8> {
@@ -401,6 +421,31 @@ fn exit_kinds_are_told_apart() {
         assert_eq!(
             run(Act::QuickExit(4)),
             Err(IsolationError::Crashed(CrashReason::NoResult { code: 4 }))
+        );
+    }
+}
+
+#[test]
+fn stack_overflow_and_segfault_are_told_apart() {
+    for _ in 0..2 {
+        let overflow = run(Act::Overflow);
+        assert!(
+            matches!(
+                overflow,
+                Err(IsolationError::Crashed(CrashReason::StackOverflow { .. }))
+            ),
+            "{overflow:?}"
+        );
+        let segfault = run(Act::Segfault);
+        assert!(
+            matches!(
+                segfault,
+                Err(IsolationError::Crashed(CrashReason::Signal {
+                    number: 11,
+                    ..
+                }))
+            ),
+            "{segfault:?}"
         );
     }
 }
