@@ -161,6 +161,9 @@ impl Prepared {
     }
 
     /// Reasons to give up before taking a shepherd.
+    // The error is the call's final report, returned by value either way,
+    // so boxing it would only add an allocation.
+    #[allow(clippy::result_large_err)]
     fn precheck<T, E>(&self) -> Result<&[u8], ExecutionReport<T, E>> {
         if !sys::SUPPORTED {
             return Err(self.early(IsolationError::Unavailable {
