@@ -170,7 +170,7 @@ where
         }
     }
     match records.result {
-        Some(ChildResult::Ok(bytes)) => postcard::from_bytes::<O>(&bytes).map_err(|e| {
+        Some(ChildResult::Ok(bytes)) => postcard::from_bytes::<O>(bytes).map_err(|e| {
             IsolationError::Crashed(CrashReason::Protocol {
                 detail: format!(
                     "failed to decode the handler's output as {}: {e}; check that its Serialize and Deserialize impls round-trip",
@@ -178,7 +178,7 @@ where
                 ),
             })
         }),
-        Some(ChildResult::Err(bytes)) => match postcard::from_bytes::<E>(&bytes) {
+        Some(ChildResult::Err(bytes)) => match postcard::from_bytes::<E>(bytes) {
             Ok(error) => Err(IsolationError::Handler(error)),
             Err(e) => protocol(format!(
                 "failed to decode the handler's error as {}: {e}; check that its Serialize and Deserialize impls round-trip",

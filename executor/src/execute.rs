@@ -141,18 +141,18 @@ impl Prepared {
             .saturating_add(1 << 20)
     }
 
-    fn request(&self, id: u64, payload: &[u8]) -> Request {
+    fn request<'a>(&self, id: u64, fingerprint: &'a [u8], payload: &'a [u8]) -> Request<'a> {
         Request {
             id,
             trampoline_offset: self.trampoline_offset,
-            handler_type: self.handler_type.to_owned(),
-            fingerprint: sys::fingerprint(),
+            handler_type: self.handler_type,
+            fingerprint,
             timeout: self.options.timeout,
             grace: self.options.shutdown_grace,
             max_heap_size: self.options.max_heap_size,
             max_result_size: self.options.max_result_size,
             output_tail: self.options.output_tail as u64,
-            payload: payload.to_vec(),
+            payload,
         }
     }
 
@@ -249,6 +249,7 @@ fn run_blocking<H: Handler>(prepared: Prepared) -> ExecutionReport<H::Output, H:
     };
     let queue_wait = prepared.entered.elapsed();
     let config = supervisor.config().clone();
+    let fingerprint = sys::fingerprint();
 
     let mut attempt = 0;
     loop {
@@ -261,7 +262,7 @@ fn run_blocking<H: Handler>(prepared: Prepared) -> ExecutionReport<H::Output, H:
             },
         };
         let (id, canceller) = shepherd.prepare();
-        let request = prepared.request(id, payload);
+        let request = prepared.request(id, &fingerprint, payload);
         let ticket = match supervisor.register(canceller) {
             Ok(ticket) => ticket,
             Err(reason) => {
@@ -407,7 +408,7 @@ mod tokio_api {
         E: serde::de::DeserializeOwned,
     {
         let payload = match prepared.precheck() {
-            Ok(payload) => payload.to_vec(),
+            Ok(payload) => payload,
             Err(error) => return prepared.early(error),
         };
         let supervisor = prepared.supervisor();
@@ -417,6 +418,7 @@ mod tokio_api {
         };
         let queue_wait = prepared.entered.elapsed();
         let config = supervisor.config().clone();
+        let fingerprint = sys::fingerprint();
 
         let mut attempt = 0;
         loop {
@@ -429,7 +431,7 @@ mod tokio_api {
                 },
             };
             let (id, canceller) = shepherd.prepare();
-            let request = prepared.request(id, &payload);
+            let request = prepared.request(id, &fingerprint, payload);
             let ticket = match supervisor.register(canceller) {
                 Ok(ticket) => ticket,
                 Err(reason) => {

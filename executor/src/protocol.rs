@@ -11,7 +11,7 @@
 use std::time::Duration;
 
 /// Protocol version; the caller and the shepherd must agree on it.
-pub const VERSION: u16 = 1;
+pub const VERSION: u16 = 2;
 /// The first four bytes of every frame.
 pub const MAGIC: [u8; 4] = *b"ISEX";
 /// Length of a frame header in bytes.
@@ -195,6 +195,40 @@ impl FrameDecoder {
         }
         Ok((None, used))
     }
+
+    /// Returns the body of the frame being decoded and how many bytes to
+    /// append to it next, when the frame's header is complete and its body
+    /// is not. This lets a reader put large bodies straight into place
+    /// instead of passing them through `feed`.
+    ///
+    /// The count is at most the bytes still missing, and at most the
+    /// body's length so far or 1 MiB, whichever is larger, so the body
+    /// grows by doubling and a lying header costs no more memory than
+    /// about twice the bytes actually sent. Append at most that many bytes,
+    /// then call [`take_filled`](Self::take_filled).
+    pub fn body_to_fill(&mut self) -> Option<(&mut Vec<u8>, usize)> {
+        let header = self.current?;
+        let missing = usize::try_from(header.len)
+            .unwrap_or(usize::MAX)
+            .saturating_sub(self.body.len());
+        if missing == 0 {
+            return None;
+        }
+        let step = missing.min(self.body.len().max(1 << 20));
+        Some((&mut self.body, step))
+    }
+
+    /// Returns the frame whose body [`body_to_fill`](Self::body_to_fill)
+    /// completed, if it is complete.
+    pub fn take_filled(&mut self) -> Option<Frame> {
+        let header = self.current?;
+        if self.body.len() as u64 != header.len {
+            return None;
+        }
+        self.current = None;
+        self.header_filled = 0;
+        Some((header.kind, std::mem::take(&mut self.body)))
+    }
 }
 
 /// Appends fields to a body.
@@ -349,17 +383,18 @@ impl Hello {
     }
 }
 
-/// One execution, sent by the caller.
+/// One execution, sent by the caller. It borrows its strings and payload, so
+/// neither building a request nor decoding one copies the payload.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Request {
+pub struct Request<'a> {
     /// Id of the execution, unique per shepherd connection.
     pub id: u64,
     /// Offset of the handler's trampoline from the anchor function.
     pub trampoline_offset: i64,
     /// `std::any::type_name` of the handler, checked by the trampoline.
-    pub handler_type: String,
+    pub handler_type: &'a str,
     /// Fingerprint of the caller's executable.
-    pub fingerprint: Vec<u8>,
+    pub fingerprint: &'a [u8],
     /// Timeout from the child's start.
     pub timeout: Duration,
     /// Time between SIGTERM and SIGKILL.
@@ -371,44 +406,53 @@ pub struct Request {
     /// Bytes kept of each output stream.
     pub output_tail: u64,
     /// The serialized handler, arguments and context.
-    pub payload: Vec<u8>,
+    pub payload: &'a [u8],
 }
 
 fn duration_nanos(d: Duration) -> u64 {
     u64::try_from(d.as_nanos()).unwrap_or(u64::MAX)
 }
 
-impl Request {
+impl<'a> Request<'a> {
     /// Encodes the body.
     pub fn encode(&self) -> Vec<u8> {
+        let mut body = self.encode_head();
+        body.extend_from_slice(self.payload);
+        body
+    }
+
+    /// Encodes the body up to and including the payload's length, so the
+    /// payload can be written after it without being copied.
+    pub fn encode_head(&self) -> Vec<u8> {
         let mut w = Writer::new();
         w.u64(self.id)
             .i64(self.trampoline_offset)
-            .str(&self.handler_type)
-            .bytes(&self.fingerprint)
+            .str(self.handler_type)
+            .bytes(self.fingerprint)
             .u64(duration_nanos(self.timeout))
             .u64(duration_nanos(self.grace))
             .u8(u8::from(self.max_heap_size.is_some()))
             .u64(self.max_heap_size.unwrap_or(0))
             .u64(self.max_result_size)
             .u64(self.output_tail)
-            .bytes(&self.payload);
+            .u64(self.payload.len() as u64);
         w.finish()
     }
-    /// Decodes the body.
-    pub fn decode(body: &[u8]) -> Result<Self, DecodeError> {
+
+    /// Decodes the body, borrowing the strings and the payload from it.
+    pub fn decode(body: &'a [u8]) -> Result<Self, DecodeError> {
         let mut r = Reader::new(body);
         let id = r.u64("request id")?;
         let trampoline_offset = r.i64("trampoline offset")?;
-        let handler_type = r.str("handler type")?.to_owned();
-        let fingerprint = r.bytes("fingerprint")?.to_vec();
+        let handler_type = r.str("handler type")?;
+        let fingerprint = r.bytes("fingerprint")?;
         let timeout = Duration::from_nanos(r.u64("timeout")?);
         let grace = Duration::from_nanos(r.u64("grace")?);
         let has_heap = r.u8("heap flag")?;
         let heap = r.u64("heap budget")?;
         let max_result_size = r.u64("max result size")?;
         let output_tail = r.u64("output tail")?;
-        let payload = r.bytes("payload")?.to_vec();
+        let payload = r.bytes("payload")?;
         r.finish("request")?;
         Ok(Request {
             id,
@@ -509,8 +553,20 @@ const FLAG_ESCALATED: u8 = 2;
 const FLAG_CANCELLED: u8 = 4;
 
 impl Report {
-    /// Encodes the body.
+    /// Encodes the body: the records, then every other field, then the
+    /// records' length. The records come first so that
+    /// [`decode_owned`](Self::decode_owned) keeps the body's allocation as
+    /// the records instead of copying them, which matters for large
+    /// results.
     pub fn encode(&self) -> Vec<u8> {
+        let mut body = self.records.clone();
+        body.extend_from_slice(&self.encode_tail());
+        body
+    }
+
+    /// Encodes the part of the body after the records, so a writer can send
+    /// the records from where they are.
+    pub fn encode_tail(&self) -> Vec<u8> {
         let mut w = Writer::new();
         let mut flags = 0;
         if self.timed_out {
@@ -530,19 +586,43 @@ impl Report {
             .u64(self.peak_rss_bytes)
             .u64(duration_nanos(self.elapsed))
             .u8(flags)
-            .bytes(&self.records)
             .u64(self.records_total)
             .bytes(&self.stdout_tail)
             .u64(self.stdout_total)
             .bytes(&self.stderr_tail)
             .u64(self.stderr_total)
-            .u32(self.descendants_killed);
+            .u32(self.descendants_killed)
+            .u64(self.records.len() as u64);
         w.finish()
     }
 
     /// Decodes the body.
     pub fn decode(body: &[u8]) -> Result<Self, DecodeError> {
-        let mut r = Reader::new(body);
+        Self::decode_owned(body.to_vec())
+    }
+
+    /// Decodes the body, keeping its allocation as `records`.
+    pub fn decode_owned(mut body: Vec<u8>) -> Result<Self, DecodeError> {
+        let Some(fields_end) = body.len().checked_sub(8) else {
+            return Err(invalid(format!(
+                "truncated body: report needs at least 8 bytes, body has {}",
+                body.len()
+            )));
+        };
+        let mut len_bytes = [0u8; 8];
+        len_bytes.copy_from_slice(&body[fields_end..]);
+        let records_len = u64::from_le_bytes(len_bytes);
+        let records_len = usize::try_from(records_len)
+            .ok()
+            .filter(|len| *len <= fields_end)
+            .ok_or_else(|| {
+                invalid(format!(
+                    "report records of {records_len} bytes do not fit a body of {} bytes",
+                    body.len()
+                ))
+            })?;
+
+        let mut r = Reader::new(&body[records_len..fields_end]);
         let id = r.u64("report id")?;
         let pid = r.u32("report pid")?;
         let has_failure = r.u8("spawn failure flag")?;
@@ -551,7 +631,6 @@ impl Report {
         let peak_rss_bytes = r.u64("peak rss")?;
         let elapsed = Duration::from_nanos(r.u64("elapsed")?);
         let flags = r.u8("flags")?;
-        let records = r.bytes("records")?.to_vec();
         let records_total = r.u64("records total")?;
         let stdout_tail = r.bytes("stdout tail")?.to_vec();
         let stdout_total = r.u64("stdout total")?;
@@ -559,6 +638,8 @@ impl Report {
         let stderr_total = r.u64("stderr total")?;
         let descendants_killed = r.u32("descendants killed")?;
         r.finish("report")?;
+
+        body.truncate(records_len);
         Ok(Report {
             id,
             pid,
@@ -569,7 +650,7 @@ impl Report {
             timed_out: flags & FLAG_TIMED_OUT != 0,
             escalated_to_kill: flags & FLAG_ESCALATED != 0,
             cancelled: flags & FLAG_CANCELLED != 0,
-            records,
+            records: body,
             records_total,
             stdout_tail,
             stdout_total,
@@ -609,13 +690,15 @@ pub fn encode_record(tag: u8, payload: &[u8]) -> Vec<u8> {
     out
 }
 
-/// The outcome the child wrote, as decoded from its records.
+/// The outcome the child wrote, as decoded from its records. The encoded
+/// output and error borrow from the records, so a large result is not
+/// copied before it is deserialized.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum ChildResult {
+pub enum ChildResult<'a> {
     /// Encoded `Ok` output.
-    Ok(Vec<u8>),
+    Ok(&'a [u8]),
     /// Encoded handler error.
-    Err(Vec<u8>),
+    Err(&'a [u8]),
     /// A panic caught by the child.
     Panic {
         /// The panic message.
@@ -629,9 +712,9 @@ pub enum ChildResult {
 
 /// Everything decoded from the result pipe.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct ChildRecords {
+pub struct ChildRecords<'a> {
     /// The last result record.
-    pub result: Option<ChildResult>,
+    pub result: Option<ChildResult<'a>>,
     /// The stack-overflow marker was written.
     pub stack_overflow: bool,
     /// The `exit` marker was written.
@@ -642,7 +725,7 @@ pub struct ChildRecords {
 
 /// Decodes the records a child wrote. Never panics; a malformed stream gives
 /// the records read before the fault and a `malformed` message.
-pub fn decode_records(bytes: &[u8]) -> ChildRecords {
+pub fn decode_records(bytes: &[u8]) -> ChildRecords<'_> {
     let mut out = ChildRecords::default();
     let mut rest = bytes;
     while !rest.is_empty() {
@@ -668,8 +751,8 @@ pub fn decode_records(bytes: &[u8]) -> ChildRecords {
         let payload = &rest[record::HEADER_LEN..record::HEADER_LEN + len as usize];
         rest = &rest[record::HEADER_LEN + len as usize..];
         match tag {
-            record::OK => out.result = Some(ChildResult::Ok(payload.to_vec())),
-            record::ERR => out.result = Some(ChildResult::Err(payload.to_vec())),
+            record::OK => out.result = Some(ChildResult::Ok(payload)),
+            record::ERR => out.result = Some(ChildResult::Err(payload)),
             record::PANIC => {
                 let mut r = Reader::new(payload);
                 let decoded = r.str("panic message").and_then(|message| {
@@ -746,19 +829,107 @@ mod tests {
 
     #[test]
     fn request_round_trips() {
+        let payload = vec![9; 100];
         let request = Request {
             id: 1,
             trampoline_offset: -4096,
-            handler_type: "a::B".into(),
-            fingerprint: vec![1, 2, 3],
+            handler_type: "a::B",
+            fingerprint: &[1, 2, 3],
             timeout: Duration::from_millis(100),
             grace: Duration::ZERO,
             max_heap_size: Some(1 << 20),
             max_result_size: 99,
             output_tail: 10,
-            payload: vec![9; 100],
+            payload: &payload,
         };
-        assert_eq!(Request::decode(&request.encode()).unwrap(), request);
+        let body = request.encode();
+        assert_eq!(Request::decode(&body).unwrap(), request);
+    }
+
+    #[test]
+    fn request_head_is_body_prefix() {
+        let payload = b"payload bytes";
+        let request = Request {
+            id: 2,
+            trampoline_offset: 8,
+            handler_type: "c::D",
+            fingerprint: &[4],
+            timeout: Duration::from_secs(1),
+            grace: Duration::from_millis(5),
+            max_heap_size: None,
+            max_result_size: 1,
+            output_tail: 2,
+            payload,
+        };
+        let head = request.encode_head();
+        let body = request.encode();
+        assert_eq!(&body[..head.len()], &head[..]);
+        assert_eq!(&body[head.len()..], &payload[..]);
+    }
+
+    #[test]
+    fn report_decode_owned_keeps_records_allocation() {
+        let mut report = sample_report();
+        report.records = vec![7; 5000];
+        let body = report.encode();
+        let address = body.as_ptr();
+        let decoded = Report::decode_owned(body).unwrap();
+        assert_eq!(decoded, report);
+        assert_eq!(decoded.records.as_ptr(), address);
+    }
+
+    #[test]
+    fn report_rejects_records_longer_than_body() {
+        let mut body = sample_report().encode();
+        let len = body.len();
+        body[len - 8..].copy_from_slice(&(len as u64).to_le_bytes());
+        let error = Report::decode(&body).unwrap_err();
+        assert!(error.0.contains("do not fit"), "{error}");
+        assert!(Report::decode(&[1, 2, 3]).is_err());
+    }
+
+    #[test]
+    fn decoder_fills_large_body_in_doubling_steps() {
+        let body: Vec<u8> = (0..(5 << 20) + 3).map(|i| i as u8).collect();
+        let frame = encode_frame(Kind::Request, &body);
+        let mut decoder = FrameDecoder::new(u64::MAX);
+        let (first, used) = decoder.feed(&frame[..100]).unwrap();
+        assert!(first.is_none());
+        assert_eq!(used, 100);
+        let mut position = 100;
+        let mut steps = Vec::new();
+        while let Some((partial, step)) = decoder.body_to_fill() {
+            assert!(step <= partial.len().max(1 << 20), "step {step}");
+            steps.push(step);
+            partial.extend_from_slice(&frame[position..position + step]);
+            position += step;
+        }
+        assert_eq!(position, frame.len());
+        assert_eq!(steps.len(), 4, "{steps:?}");
+        let (kind, decoded) = decoder.take_filled().unwrap();
+        assert_eq!(kind, Kind::Request);
+        assert_eq!(decoded, body);
+        assert!(decoder.take_filled().is_none());
+        assert!(!decoder.is_mid_frame());
+    }
+
+    #[test]
+    fn decoder_feeds_after_filled_frame() {
+        let mut stream = encode_frame(Kind::Report, &[5; 3000]);
+        stream.extend(encode_frame(Kind::Cancel, &encode_cancel(9)));
+        let mut decoder = FrameDecoder::new(1 << 20);
+        let (_, used) = decoder.feed(&stream[..20]).unwrap();
+        let (partial, step) = decoder.body_to_fill().unwrap();
+        assert_eq!(step, 3000 - 4);
+        partial.extend_from_slice(&stream[used..used + step]);
+        let (kind, body) = decoder.take_filled().unwrap();
+        assert_eq!((kind, body.len()), (Kind::Report, 3000));
+        let rest = &stream[used + step..];
+        let (cancel, used) = decoder.feed(rest).unwrap();
+        assert_eq!(used, rest.len());
+        let (kind, body) = cancel.unwrap();
+        assert_eq!(kind, Kind::Cancel);
+        assert_eq!(decode_cancel(&body), Ok(9));
     }
 
     #[test]

@@ -198,7 +198,8 @@ fn report() -> impl Strategy<Value = Report> {
         )
 }
 
-fn request() -> impl Strategy<Value = Request> {
+/// Generates the encoded body of a request.
+fn request_body() -> impl Strategy<Value = Vec<u8>> {
     (
         (any::<u64>(), any::<i64>(), ".{0,30}", bytes(32)),
         (
@@ -213,17 +214,20 @@ fn request() -> impl Strategy<Value = Request> {
                 (id, trampoline_offset, handler_type, fingerprint),
                 (timeout, grace, max_heap_size),
                 (max_result_size, output_tail, payload),
-            )| Request {
-                id,
-                trampoline_offset,
-                handler_type,
-                fingerprint,
-                timeout: Duration::from_nanos(timeout),
-                grace: Duration::from_nanos(grace),
-                max_heap_size,
-                max_result_size,
-                output_tail,
-                payload,
+            )| {
+                Request {
+                    id,
+                    trampoline_offset,
+                    handler_type: &handler_type,
+                    fingerprint: &fingerprint,
+                    timeout: Duration::from_nanos(timeout),
+                    grace: Duration::from_nanos(grace),
+                    max_heap_size,
+                    max_result_size,
+                    output_tail,
+                    payload: &payload,
+                }
+                .encode()
             },
         )
 }
@@ -232,7 +236,7 @@ fn request() -> impl Strategy<Value = Request> {
 fn frame() -> impl Strategy<Value = (Kind, Vec<u8>)> {
     prop_oneof![
         report().prop_map(|report| (Kind::Report, report.encode())),
-        request().prop_map(|request| (Kind::Request, request.encode())),
+        request_body().prop_map(|body| (Kind::Request, body)),
         (any::<u32>(), bytes(32))
             .prop_map(|(pid, fingerprint)| { (Kind::Hello, Hello { pid, fingerprint }.encode()) }),
         (any::<u64>(), any::<u32>())

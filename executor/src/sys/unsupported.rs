@@ -74,13 +74,13 @@ impl Shepherd {
         (0, Canceller)
     }
     /// Always fails.
-    pub fn send_blocking(&mut self, _request: &Request) -> Result<(), Lost> {
+    pub fn send_blocking(&mut self, _request: &Request<'_>) -> Result<(), Lost> {
         Err(lost())
     }
     /// Always fails.
     pub fn receive_blocking(
         &mut self,
-        _request: &Request,
+        _request: &Request<'_>,
         _limit: u64,
         _margin: Duration,
     ) -> Result<Report, Lost> {
@@ -88,14 +88,14 @@ impl Shepherd {
     }
     /// Always fails.
     #[cfg(feature = "tokio")]
-    pub async fn send_async(&mut self, _request: &Request) -> Result<(), Lost> {
+    pub async fn send_async(&mut self, _request: &Request<'_>) -> Result<(), Lost> {
         Err(lost())
     }
     /// Always fails.
     #[cfg(feature = "tokio")]
     pub async fn receive_async(
         &mut self,
-        _request: &Request,
+        _request: &Request<'_>,
         _limit: u64,
         _margin: Duration,
     ) -> Result<Report, Lost> {

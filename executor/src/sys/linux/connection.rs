@@ -1,7 +1,7 @@
 //! The caller's side of a shepherd: starting it, the handshake, sending a
 //! request and reading the report, blocking or through tokio.
 
-use std::io;
+use std::io::{self, IoSlice};
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::os::unix::process::CommandExt;
 use std::process::{Child, Command, Stdio};
@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use super::syscalls::{self, KillTarget};
 use crate::protocol::{
-    self, FrameDecoder, Hello, Kind, Report, Request, Started, encode_cancel, encode_header,
+    self, Frame, FrameDecoder, Hello, Kind, Report, Request, Started, encode_cancel, encode_header,
 };
 
 /// Environment variable that carries the shepherd's socket fd.
@@ -122,6 +122,11 @@ fn send_cancel(socket: RawFd, id: u64) -> bool {
     matches!(syscalls::send(socket, &frame), Ok(n) if n == frame.len())
 }
 
+/// The frame header of a request whose body is `head` followed by the payload.
+fn request_header(head: &[u8], request: &Request<'_>) -> [u8; protocol::HEADER_LEN] {
+    encode_header(Kind::Request, (head.len() + request.payload.len()) as u64)
+}
+
 /// What happened while waiting for a frame.
 enum ReadError {
     Eof,
@@ -226,12 +231,16 @@ impl Shepherd {
 
     /// Sends a request, blocking, after reading the report of a cancelled
     /// execution that is still owed.
-    pub fn send_blocking(&mut self, request: &Request) -> Result<(), Lost> {
+    pub fn send_blocking(&mut self, request: &Request<'_>) -> Result<(), Lost> {
         self.settle_pending_blocking()?;
-        let body = request.encode();
-        let header = encode_header(Kind::Request, body.len() as u64);
-        self.write_blocking(&header)
-            .and_then(|()| self.write_blocking(&body))
+        let head = request.encode_head();
+        let header = request_header(&head, request);
+        let mut slices = [
+            IoSlice::new(&header),
+            IoSlice::new(&head),
+            IoSlice::new(request.payload),
+        ];
+        self.write_blocking(&mut slices)
             .map_err(|e| self.lost(&format!("sending the request failed: {e}")))
     }
 
@@ -240,7 +249,7 @@ impl Shepherd {
     /// shepherd hangs.
     pub fn receive_blocking(
         &mut self,
-        request: &Request,
+        request: &Request<'_>,
         report_limit: u64,
         safety_margin: Duration,
     ) -> Result<Report, Lost> {
@@ -271,7 +280,7 @@ impl Shepherd {
                 .set_max_len(report_limit.max(protocol::MAX_CONTROL_LEN));
             match self.read_frame_blocking(Some(deadline)) {
                 Ok((kind, body)) => {
-                    if let Some(report) = self.handle_frame(id, kind, &body)? {
+                    if let Some(report) = self.handle_frame(id, kind, body)? {
                         return Ok(report);
                     }
                 }
@@ -281,19 +290,19 @@ impl Shepherd {
     }
 
     /// Handles a frame while waiting for the report of `id`.
-    fn handle_frame(&mut self, id: u64, kind: Kind, body: &[u8]) -> Result<Option<Report>, Lost> {
+    fn handle_frame(&mut self, id: u64, kind: Kind, body: Vec<u8>) -> Result<Option<Report>, Lost> {
         match kind {
             Kind::Started => {
-                let started =
-                    Started::decode(body).map_err(|e| self.lost(&format!("invalid frame: {e}")))?;
+                let started = Started::decode(&body)
+                    .map_err(|e| self.lost(&format!("invalid frame: {e}")))?;
                 if started.id == id {
                     self.child_pid.store(started.pid, Ordering::Relaxed);
                 }
                 Ok(None)
             }
             Kind::Report => {
-                let report =
-                    Report::decode(body).map_err(|e| self.lost(&format!("invalid report: {e}")))?;
+                let report = Report::decode_owned(body)
+                    .map_err(|e| self.lost(&format!("invalid report: {e}")))?;
                 if report.id == id {
                     self.child_pid.store(0, Ordering::Relaxed);
                     self.decoder.set_max_len(protocol::MAX_CONTROL_LEN);
@@ -324,11 +333,12 @@ impl Shepherd {
         Ok(())
     }
 
-    fn write_blocking(&mut self, mut bytes: &[u8]) -> io::Result<()> {
+    /// Writes every slice, in order, waiting for room in the socket buffer.
+    fn write_blocking(&mut self, mut slices: &mut [IoSlice<'_>]) -> io::Result<()> {
         let fd = self.socket.as_raw_fd();
-        while !bytes.is_empty() {
-            match syscalls::send(fd, bytes) {
-                Ok(n) => bytes = &bytes[n..],
+        while !slices.is_empty() {
+            match syscalls::send_vectored(fd, slices) {
+                Ok(n) => IoSlice::advance_slices(&mut slices, n),
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
                     let mut entry = [libc::pollfd {
                         fd,
@@ -344,7 +354,10 @@ impl Shepherd {
     }
 
     /// Decodes one frame from the bytes already read.
-    fn take_frame(&mut self) -> Result<Option<(Kind, Vec<u8>)>, ReadError> {
+    fn take_frame(&mut self) -> Result<Option<Frame>, ReadError> {
+        if let Some(frame) = self.decoder.take_filled() {
+            return Ok(Some(frame));
+        }
         if self.inbox.is_empty() {
             return Ok(None);
         }
@@ -358,7 +371,20 @@ impl Shepherd {
 
     /// Reads whatever the socket has; `Ok(false)` when it had nothing.
     fn fill(&mut self) -> Result<bool, ReadError> {
-        match syscalls::read(self.socket.as_raw_fd(), &mut self.buffer) {
+        let fd = self.socket.as_raw_fd();
+        // With the inbox empty, the rest of a large body goes straight into
+        // the body, never past its end.
+        if self.inbox.is_empty() {
+            if let Some((body, step)) = self.decoder.body_to_fill() {
+                return match syscalls::read_appending(fd, body, step) {
+                    Ok(0) => Err(ReadError::Eof),
+                    Ok(_) => Ok(true),
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => Ok(false),
+                    Err(e) => Err(ReadError::Failed(e.to_string())),
+                };
+            }
+        }
+        match syscalls::read(fd, &mut self.buffer) {
             Ok(0) => Err(ReadError::Eof),
             Ok(n) => {
                 self.inbox.extend_from_slice(&self.buffer[..n]);
@@ -369,10 +395,7 @@ impl Shepherd {
         }
     }
 
-    fn read_frame_blocking(
-        &mut self,
-        deadline: Option<Instant>,
-    ) -> Result<(Kind, Vec<u8>), ReadError> {
+    fn read_frame_blocking(&mut self, deadline: Option<Instant>) -> Result<Frame, ReadError> {
         loop {
             if let Some(frame) = self.take_frame()? {
                 return Ok(frame);
@@ -487,7 +510,7 @@ mod async_io {
         pub(super) async fn read_frame_async(
             &mut self,
             deadline: Option<Instant>,
-        ) -> Result<(Kind, Vec<u8>), ReadError> {
+        ) -> Result<Frame, ReadError> {
             let registered = self.async_fd().map_err(ReadError::Failed)?;
             loop {
                 if let Some(frame) = self.take_frame()? {
@@ -509,12 +532,12 @@ mod async_io {
             }
         }
 
-        async fn write_async(&mut self, mut bytes: &[u8]) -> io::Result<()> {
+        async fn write_async(&mut self, mut slices: &mut [IoSlice<'_>]) -> io::Result<()> {
             let registered = self.async_fd().map_err(io::Error::other)?;
             let fd = self.socket.as_raw_fd();
-            while !bytes.is_empty() {
-                match syscalls::send(fd, bytes) {
-                    Ok(n) => bytes = &bytes[n..],
+            while !slices.is_empty() {
+                match syscalls::send_vectored(fd, slices) {
+                    Ok(n) => IoSlice::advance_slices(&mut slices, n),
                     Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
                         let mut guard = registered.writable().await?;
                         guard.clear_ready();
@@ -536,7 +559,7 @@ mod async_io {
                     .set_max_len(report_limit.max(protocol::MAX_CONTROL_LEN));
                 match self.read_frame_async(Some(deadline)).await {
                     Ok((kind, body)) => {
-                        if let Some(report) = self.handle_frame(id, kind, &body)? {
+                        if let Some(report) = self.handle_frame(id, kind, body)? {
                             return Ok(report);
                         }
                     }
@@ -547,24 +570,26 @@ mod async_io {
 
         /// Sends the request of a run without waiting for its report, after
         /// reading the report of a cancelled execution that is still owed.
-        pub async fn send_async(&mut self, request: &Request) -> Result<(), Lost> {
+        pub async fn send_async(&mut self, request: &Request<'_>) -> Result<(), Lost> {
             if let Some((id, since)) = self.pending.take() {
                 let deadline = super::super::deadline_after(since, Duration::from_secs(30));
                 self.await_report_async(id, u64::MAX >> 1, deadline).await?;
             }
-            let body = request.encode();
-            let header = encode_header(Kind::Request, body.len() as u64);
-            let sent = match self.write_async(&header).await {
-                Ok(()) => self.write_async(&body).await,
-                Err(e) => Err(e),
-            };
+            let head = request.encode_head();
+            let header = request_header(&head, request);
+            let mut slices = [
+                IoSlice::new(&header),
+                IoSlice::new(&head),
+                IoSlice::new(request.payload),
+            ];
+            let sent = self.write_async(&mut slices).await;
             sent.map_err(|e| self.lost(&format!("sending the request failed: {e}")))
         }
 
         /// Waits for the report of a request sent with `send_async`.
         pub async fn receive_async(
             &mut self,
-            request: &Request,
+            request: &Request<'_>,
             report_limit: u64,
             safety_margin: Duration,
         ) -> Result<Report, Lost> {

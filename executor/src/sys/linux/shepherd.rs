@@ -7,13 +7,16 @@
 //! call `setsid()` or double-fork are re-parented to it and killed after
 //! each execution, and it dies with its caller through `PR_SET_PDEATHSIG`.
 
+use std::io::IoSlice;
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::time::{Duration, Instant};
 
 use super::fork_child::{self, ChildSetup};
 use super::identity;
 use super::syscalls::{self, KillTarget};
-use crate::protocol::{self, FrameDecoder, Hello, Kind, Report, Request, Started, decode_cancel};
+use crate::protocol::{
+    self, Frame, FrameDecoder, Hello, Kind, Report, Request, Started, decode_cancel,
+};
 
 /// Bytes read from a pipe per `read` call.
 const CHUNK: usize = 256 << 10;
@@ -27,6 +30,11 @@ pub fn run(socket: RawFd, caller_pid: libc::pid_t) -> ! {
     }
     let _ = syscalls::become_subreaper();
     syscalls::ignore_sigpipe();
+    // Every child resets these and only these, so the shepherd must change
+    // no disposition from here on.
+    let non_default_signals = fork_child::non_default_signals();
+    let data_baseline = fork_child::DataBaseline::measure();
+    fork_child::prepare_shepherd();
     // The socket is blocking on this side; reads during an execution use poll.
     let _ = syscalls::set_nonblocking(socket, false);
 
@@ -35,7 +43,7 @@ pub fn run(socket: RawFd, caller_pid: libc::pid_t) -> ! {
         pid: syscalls::getpid() as u32,
         fingerprint: fingerprint.clone(),
     };
-    if send_frame(socket, Kind::Hello, &hello.encode()).is_err() {
+    if send_frame(socket, Kind::Hello, &[&hello.encode()]).is_err() {
         exit(0);
     }
 
@@ -46,6 +54,9 @@ pub fn run(socket: RawFd, caller_pid: libc::pid_t) -> ! {
         fingerprint,
         buffer: vec![0; CHUNK],
         current: 0,
+        non_default_signals,
+        data_baseline,
+        child_fds: None,
     };
     loop {
         let Some((kind, body)) = shepherd.next_frame_blocking() else {
@@ -60,9 +71,14 @@ pub fn run(socket: RawFd, caller_pid: libc::pid_t) -> ! {
                         ..Report::default()
                     },
                 };
-                if send_frame(socket, Kind::Report, &report.encode()).is_err() {
+                // Drop the request's body before the report goes out.
+                drop(body);
+                let tail = report.encode_tail();
+                if send_frame(socket, Kind::Report, &[&report.records, &tail]).is_err() {
                     exit(0);
                 }
+                // Done while the caller reads the report.
+                shepherd.reset_child_fds();
             }
             // A cancel for an execution that already ended.
             Kind::Cancel => {}
@@ -76,16 +92,22 @@ fn exit(code: i32) -> ! {
     unsafe { libc::_exit(code) }
 }
 
-fn send_frame(socket: RawFd, kind: Kind, body: &[u8]) -> std::io::Result<()> {
-    let header = protocol::encode_header(kind, body.len() as u64);
-    write_all(socket, &header)?;
-    write_all(socket, body)
+/// Sends one frame whose body is the concatenation of `parts`; header and
+/// body leave in one system call unless the socket buffer fills up.
+fn send_frame(socket: RawFd, kind: Kind, parts: &[&[u8]]) -> std::io::Result<()> {
+    let len = parts.iter().map(|part| part.len() as u64).sum();
+    let header = protocol::encode_header(kind, len);
+    let mut slices = Vec::with_capacity(parts.len() + 1);
+    slices.push(IoSlice::new(&header));
+    slices.extend(parts.iter().map(|part| IoSlice::new(part)));
+    write_all(socket, &mut slices)
 }
 
-fn write_all(fd: RawFd, mut bytes: &[u8]) -> std::io::Result<()> {
-    while !bytes.is_empty() {
-        let n = syscalls::send(fd, bytes)?;
-        bytes = &bytes[n..];
+/// Writes every slice, in order, to the blocking socket.
+fn write_all(fd: RawFd, mut slices: &mut [IoSlice<'_>]) -> std::io::Result<()> {
+    while !slices.is_empty() {
+        let n = syscalls::send_vectored(fd, slices)?;
+        IoSlice::advance_slices(&mut slices, n);
     }
     Ok(())
 }
@@ -99,18 +121,72 @@ struct Shepherd {
     buffer: Vec<u8>,
     /// The pid of the running child, which is also its group id; 0 when idle.
     current: libc::pid_t,
+    /// Signals whose disposition each child resets to the default.
+    non_default_signals: u64,
+    /// What each child computes its data size from.
+    data_baseline: Option<fork_child::DataBaseline>,
+    /// The child's stdin and capture pipes, opened at the first execution.
+    child_fds: Option<ChildFds>,
+}
+
+/// `/dev/null` and the three capture pipes, kept for the shepherd's life:
+/// creating three pipes and opening `/dev/null` cost about 35 us per
+/// execution. The shepherd keeps the write ends open, so the pipes never
+/// reach end of file. Output is complete once every process of an
+/// execution is reaped and a read finds the pipe empty.
+struct ChildFds {
+    devnull: OwnedFd,
+    stdout: (OwnedFd, OwnedFd),
+    stderr: (OwnedFd, OwnedFd),
+    result: (OwnedFd, OwnedFd),
+}
+
+impl ChildFds {
+    /// Clears the status flags of the fds a child gets. Its fds 0-3 share
+    /// open file descriptions with these, so flags that a handler set on its
+    /// stdout (`O_NONBLOCK`, as some async runtimes do, or `O_ASYNC`) would
+    /// otherwise carry over to the next child. The pipes' write ends and
+    /// `/dev/null` have no status flags when opened.
+    ///
+    /// NOTE: a pipe's size belongs to the pipe, so a handler that resizes
+    /// one with `F_SETPIPE_SZ` resizes it for later children too. That
+    /// changes only how fast output moves.
+    fn clear_status_flags(&self) {
+        for fd in [
+            &self.devnull,
+            &self.stdout.1,
+            &self.stderr.1,
+            &self.result.1,
+        ] {
+            let _ = syscalls::clear_status_flags(fd.as_raw_fd());
+        }
+    }
+
+    fn open() -> Result<ChildFds, String> {
+        let pipe = || syscalls::pipe().map_err(|e| format!("pipe failed: {e}"));
+        let result = pipe()?;
+        syscalls::grow_pipe(result.1.as_raw_fd(), RESULT_PIPE_SIZE);
+        let devnull = std::fs::File::open("/dev/null")
+            .map_err(|e| format!("opening /dev/null failed: {e}"))?;
+        Ok(ChildFds {
+            devnull: devnull.into(),
+            stdout: pipe()?,
+            stderr: pipe()?,
+            result,
+        })
+    }
 }
 
 /// A stream the shepherd drains, keeping its last `keep` bytes.
 struct Tail {
-    fd: Option<OwnedFd>,
+    fd: Option<RawFd>,
     bytes: Vec<u8>,
     keep: usize,
     total: u64,
 }
 
 impl Tail {
-    fn new(fd: OwnedFd, keep: usize) -> Self {
+    fn new(fd: RawFd, keep: usize) -> Self {
         Self {
             fd: Some(fd),
             bytes: Vec::new(),
@@ -139,7 +215,7 @@ impl Tail {
 
 /// The result pipe, kept up to a limit and counted beyond it.
 struct Records {
-    fd: Option<OwnedFd>,
+    fd: Option<RawFd>,
     bytes: Vec<u8>,
     limit: usize,
     total: u64,
@@ -157,7 +233,7 @@ impl Records {
 enum Drained {
     /// The fd has no more data for now.
     Empty,
-    /// End of file: every writer has closed it.
+    /// End of file or a read error; the fd is not read again.
     Closed,
 }
 
@@ -186,10 +262,21 @@ enum Phase {
 impl Shepherd {
     /// Reads the next frame, blocking. `None` when the caller is gone or sent
     /// something undecodable.
-    fn next_frame_blocking(&mut self) -> Option<(Kind, Vec<u8>)> {
+    fn next_frame_blocking(&mut self) -> Option<Frame> {
         loop {
             if let Some(frame) = self.decode_inbox()? {
                 return Some(frame);
+            }
+            // The inbox is empty now. The rest of a large body goes straight
+            // into the body, never past its end.
+            if let Some((body, step)) = self.decoder.body_to_fill() {
+                if syscalls::read_appending(self.socket, body, step).ok()? == 0 {
+                    return None;
+                }
+                if let Some(frame) = self.decoder.take_filled() {
+                    return Some(frame);
+                }
+                continue;
             }
             let n = syscalls::read(self.socket, &mut self.buffer).ok()?;
             if n == 0 {
@@ -201,7 +288,7 @@ impl Shepherd {
 
     /// Decodes one frame from the bytes already read. `Some(None)` means more
     /// bytes are needed; `None` means the stream is corrupt.
-    fn decode_inbox(&mut self) -> Option<Option<(Kind, Vec<u8>)>> {
+    fn decode_inbox(&mut self) -> Option<Option<Frame>> {
         if self.inbox.is_empty() {
             return Some(None);
         }
@@ -210,12 +297,20 @@ impl Shepherd {
         Some(frame)
     }
 
-    fn execute(&mut self, request: &Request) -> Report {
+    /// Clears what the last handler may have changed on the fds the next
+    /// child gets.
+    fn reset_child_fds(&self) {
+        if let Some(fds) = &self.child_fds {
+            fds.clear_status_flags();
+        }
+    }
+
+    fn execute(&mut self, request: &Request<'_>) -> Report {
         let mut report = Report {
             id: request.id,
             ..Report::default()
         };
-        if request.fingerprint != self.fingerprint {
+        if request.fingerprint != self.fingerprint.as_slice() {
             report.spawn_failure = Some(
                 "the caller's executable differs from the shepherd's; the request was not run"
                     .into(),
@@ -231,29 +326,31 @@ impl Shepherd {
         }
     }
 
-    fn start_and_wait(&mut self, request: &Request, report: &mut Report) -> Result<(), String> {
-        let (stdout_read, stdout_write) =
-            syscalls::pipe().map_err(|e| format!("pipe failed: {e}"))?;
-        let (stderr_read, stderr_write) =
-            syscalls::pipe().map_err(|e| format!("pipe failed: {e}"))?;
-        let (result_read, result_write) =
-            syscalls::pipe().map_err(|e| format!("pipe failed: {e}"))?;
-        syscalls::grow_pipe(result_write.as_raw_fd(), RESULT_PIPE_SIZE);
-        let devnull = std::fs::File::open("/dev/null")
-            .map_err(|e| format!("opening /dev/null failed: {e}"))?;
+    fn start_and_wait(&mut self, request: &Request<'_>, report: &mut Report) -> Result<(), String> {
+        if self.child_fds.is_none() {
+            self.child_fds = Some(ChildFds::open()?);
+        }
+        let Some(fds) = &self.child_fds else {
+            unreachable!("the child fds were opened above");
+        };
+        let stdout_read = fds.stdout.0.as_raw_fd();
+        let stderr_read = fds.stderr.0.as_raw_fd();
+        let result_read = fds.result.0.as_raw_fd();
 
         // SAFETY: the request's fingerprint equals this executable's, checked
         // in `execute`, so the offset names a trampoline of this file.
         let trampoline = unsafe { identity::resolve(request.trampoline_offset) };
         let setup = ChildSetup {
             shepherd_pid: syscalls::getpid(),
-            devnull: devnull.as_raw_fd(),
-            stdout: stdout_write.as_raw_fd(),
-            stderr: stderr_write.as_raw_fd(),
-            result: result_write.as_raw_fd(),
+            devnull: fds.devnull.as_raw_fd(),
+            stdout: fds.stdout.1.as_raw_fd(),
+            stderr: fds.stderr.1.as_raw_fd(),
+            result: fds.result.1.as_raw_fd(),
             max_heap_size: request.max_heap_size,
-            handler_type: &request.handler_type,
-            payload: &request.payload,
+            non_default_signals: self.non_default_signals,
+            data_baseline: self.data_baseline,
+            handler_type: request.handler_type,
+            payload: request.payload,
         };
 
         let started_at = Instant::now();
@@ -271,7 +368,6 @@ impl Shepherd {
         // SAFETY: setpgid with integer arguments.
         unsafe { libc::setpgid(pid, pid) };
         self.current = pid;
-        drop((stdout_write, stderr_write, result_write, devnull));
 
         report.pid = pid as u32;
         let pidfd = match syscalls::pidfd_open(pid) {
@@ -291,7 +387,7 @@ impl Shepherd {
             id: request.id,
             pid: pid as u32,
         };
-        if send_frame(self.socket, Kind::Started, &started.encode()).is_err() {
+        if send_frame(self.socket, Kind::Started, &[&started.encode()]).is_err() {
             self.abandon(pid);
         }
 
@@ -330,7 +426,9 @@ impl Shepherd {
         self.drain_all(&mut stdout, &mut stderr, &mut records);
         report.descendants_killed = self.kill_descendants(pid);
         self.current = 0;
-        // Every writer is gone now; read what the descendants left.
+        // Every writer but the shepherd is gone now, so once a read finds a
+        // pipe empty it stays empty: this reads the rest, and leaves the
+        // pipes empty for the next execution.
         self.drain_all(&mut stdout, &mut stderr, &mut records);
 
         (report.stdout_tail, report.stdout_total) = stdout.finish();
@@ -351,7 +449,7 @@ impl Shepherd {
     #[allow(clippy::too_many_arguments)]
     fn wait(
         &mut self,
-        request: &Request,
+        request: &Request<'_>,
         pid: libc::pid_t,
         pidfd: &OwnedFd,
         started_at: Instant,
@@ -389,13 +487,9 @@ impl Shepherd {
 
             let mut fds = vec![pollfd(pidfd.as_raw_fd()), pollfd(self.socket)];
             let mut owners = vec![0u8, 1];
-            for (tag, fd) in [
-                (2u8, stdout.fd.as_ref()),
-                (3, stderr.fd.as_ref()),
-                (4, records.fd.as_ref()),
-            ] {
+            for (tag, fd) in [(2u8, stdout.fd), (3, stderr.fd), (4, records.fd)] {
                 if let Some(fd) = fd {
-                    fds.push(pollfd(fd.as_raw_fd()));
+                    fds.push(pollfd(fd));
                     owners.push(tag);
                 }
             }
@@ -547,12 +641,17 @@ fn pollfd(fd: RawFd) -> libc::pollfd {
 
 /// A pipe the shepherd reads from.
 trait Stream {
-    fn fd(&mut self) -> &mut Option<OwnedFd>;
+    fn fd(&mut self) -> &mut Option<RawFd>;
     fn push(&mut self, chunk: &[u8]);
+
+    /// Reads everything available from `fd` through `scratch`.
+    fn drain_from(&mut self, fd: RawFd, scratch: &mut [u8]) -> Drained {
+        drain(fd, scratch, |chunk| self.push(chunk))
+    }
 }
 
 impl Stream for Tail {
-    fn fd(&mut self) -> &mut Option<OwnedFd> {
+    fn fd(&mut self) -> &mut Option<RawFd> {
         &mut self.fd
     }
     fn push(&mut self, chunk: &[u8]) {
@@ -561,20 +660,40 @@ impl Stream for Tail {
 }
 
 impl Stream for Records {
-    fn fd(&mut self) -> &mut Option<OwnedFd> {
+    fn fd(&mut self) -> &mut Option<RawFd> {
         &mut self.fd
     }
     fn push(&mut self, chunk: &[u8]) {
         Records::push(self, chunk);
     }
+
+    /// Reads straight into `bytes` while they are under the limit, so a
+    /// large result is copied once on its way out of the pipe. Past the
+    /// limit it only counts bytes.
+    fn drain_from(&mut self, fd: RawFd, scratch: &mut [u8]) -> Drained {
+        loop {
+            let room = self.limit.saturating_sub(self.bytes.len());
+            if room == 0 {
+                return drain(fd, scratch, |chunk| self.push(chunk));
+            }
+            // Start small, since most results are tiny, then double.
+            let step = room.min(self.bytes.len().max(64 << 10));
+            match syscalls::read_appending(fd, &mut self.bytes, step) {
+                Ok(0) => return Drained::Closed,
+                Ok(n) => self.total += n as u64,
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return Drained::Empty,
+                Err(_) => return Drained::Closed,
+            }
+        }
+    }
 }
 
 /// Reads everything available from a stream; closes it at end of file.
 fn drain_stream(stream: &mut impl Stream, buffer: &mut [u8]) {
-    let Some(raw) = stream.fd().as_ref().map(|fd| fd.as_raw_fd()) else {
+    let Some(raw) = *stream.fd() else {
         return;
     };
-    if let Drained::Closed = drain(raw, buffer, |chunk| stream.push(chunk)) {
+    if let Drained::Closed = stream.drain_from(raw, buffer) {
         *stream.fd() = None;
     }
 }

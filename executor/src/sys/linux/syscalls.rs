@@ -63,6 +63,14 @@ pub fn set_nonblocking(fd: RawFd, on: bool) -> io::Result<()> {
     Ok(())
 }
 
+/// Clears every file status flag that `F_SETFL` can change (`O_NONBLOCK`,
+/// `O_APPEND`, `O_ASYNC`, `O_DIRECT`, `O_NOATIME`) with `fcntl`.
+pub fn clear_status_flags(fd: RawFd) -> io::Result<()> {
+    // SAFETY: F_SETFL takes an int argument.
+    check(unsafe { libc::fcntl(fd, libc::F_SETFL, 0) })?;
+    Ok(())
+}
+
 /// Clears `FD_CLOEXEC` so the fd survives `exec`.
 pub fn clear_cloexec(fd: RawFd) -> io::Result<()> {
     // SAFETY: F_SETFD takes an int argument.
@@ -85,12 +93,64 @@ pub fn read(fd: RawFd, buf: &mut [u8]) -> io::Result<usize> {
     }
 }
 
+/// Appends up to `max` bytes read with `read(2)` to `buf`, straight into its
+/// spare capacity, so large bodies need no staging buffer. Room for `max`
+/// bytes is reserved only when `buf` is full: growing it whenever it lacks
+/// `max` would reallocate, and copy, on every call. `Ok(0)` is end of file,
+/// or `max` was 0.
+pub fn read_appending(fd: RawFd, buf: &mut Vec<u8>, max: usize) -> io::Result<usize> {
+    if buf.len() == buf.capacity() {
+        buf.reserve(max);
+    }
+    let spare = buf.spare_capacity_mut();
+    let want = max.min(spare.len());
+    loop {
+        // SAFETY: `spare` is valid for writes of `want` bytes, which
+        // `read` fills before the length below is raised over them.
+        let n = unsafe { libc::read(fd, spare.as_mut_ptr().cast(), want) };
+        if n >= 0 {
+            let n = n as usize;
+            // SAFETY: the kernel initialised the first `n` spare bytes, and
+            // `n <= want <= spare.len()`.
+            unsafe { buf.set_len(buf.len() + n) };
+            return Ok(n);
+        }
+        let error = io::Error::last_os_error();
+        if error.kind() != io::ErrorKind::Interrupted {
+            return Err(error);
+        }
+    }
+}
+
 /// Writes from `buf` with `send(2)` and `MSG_NOSIGNAL`, so a closed peer
 /// gives `EPIPE` instead of SIGPIPE. Returns the bytes written.
 pub fn send(fd: RawFd, buf: &[u8]) -> io::Result<usize> {
     loop {
         // SAFETY: `buf` is valid for reads of `buf.len()` bytes.
         let n = unsafe { libc::send(fd, buf.as_ptr().cast(), buf.len(), libc::MSG_NOSIGNAL) };
+        if n >= 0 {
+            return Ok(n as usize);
+        }
+        let error = io::Error::last_os_error();
+        if error.kind() != io::ErrorKind::Interrupted {
+            return Err(error);
+        }
+    }
+}
+
+/// Writes the slices in order with one `sendmsg(2)` and `MSG_NOSIGNAL`, so a
+/// frame's header and body leave in one system call. Returns the bytes
+/// written, which may end inside any slice.
+pub fn send_vectored(fd: RawFd, slices: &[io::IoSlice<'_>]) -> io::Result<usize> {
+    // SAFETY: an all-zero msghdr is valid: no address, no control data.
+    let mut message: libc::msghdr = unsafe { std::mem::zeroed() };
+    // IoSlice is guaranteed to be ABI-compatible with iovec on Unix.
+    message.msg_iov = slices.as_ptr() as *mut libc::iovec;
+    message.msg_iovlen = slices.len() as _;
+    loop {
+        // SAFETY: `message` points to `slices`, which stay borrowed and
+        // valid for reads for the duration of the call.
+        let n = unsafe { libc::sendmsg(fd, &message, libc::MSG_NOSIGNAL) };
         if n >= 0 {
             return Ok(n as usize);
         }
