@@ -1,7 +1,7 @@
 //! Classification of a shepherd's report into the caller's result.
 //!
 //! This is a pure function of the report and the options, so every row of
-//! the outcome table is unit-tested here without processes; the integration
+//! the outcome table is unit-tested here without processes. The integration
 //! tests check the same rows with real children.
 
 use std::time::Duration;
@@ -11,7 +11,7 @@ use serde::de::DeserializeOwned;
 use crate::error::{CrashReason, IsolationError, KillReason, signal_name};
 use crate::protocol::{ChildResult, Report, decode_records};
 
-/// What the classifier needs to know besides the report.
+/// Inputs of the classifier besides the report.
 #[derive(Debug, Clone, Copy)]
 pub struct Limits {
     /// The timeout of the execution.
@@ -22,7 +22,7 @@ pub struct Limits {
     pub max_result_size: u64,
 }
 
-/// How the child's process ended, decoded from a Linux wait status.
+/// The end of the child's process, decoded from a Linux wait status.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Termination {
     /// Normal exit with a code.

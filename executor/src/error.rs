@@ -4,10 +4,10 @@ use std::time::Duration;
 
 use serde::Serialize;
 
-/// Why an isolated execution did not return the handler's `Ok` value.
+/// The reason an isolated execution did not return the handler's `Ok` value.
 ///
 /// Crashes, timeouts and heap kills are outcomes of the child, not failures
-/// of the library; `Unavailable` is the only variant that reports a failure
+/// of the library. `Unavailable` is the only variant that reports a failure
 /// of the executor itself.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, thiserror::Error)]
 #[non_exhaustive]
@@ -34,7 +34,7 @@ pub enum IsolationError<E> {
     /// could be started, or the platform lacks what isolation needs.
     #[error("executor unavailable: {reason}")]
     Unavailable {
-        /// What is missing and how to fix it.
+        /// The missing piece and how to fix it.
         reason: String,
     },
 }
@@ -70,7 +70,7 @@ impl<E> IsolationError<E> {
     }
 }
 
-/// Why a child was killed for breaking a limit.
+/// The limit a child broke, for which it was killed.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, thiserror::Error)]
 #[non_exhaustive]
 pub enum KillReason {
@@ -89,7 +89,7 @@ pub enum KillReason {
     },
 }
 
-/// How a child ended without returning a result.
+/// The way a child ended without returning a result.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, thiserror::Error)]
 #[non_exhaustive]
 pub enum CrashReason {
@@ -141,14 +141,14 @@ pub enum CrashReason {
     /// The child's result could not be read or decoded.
     #[error("protocol error: {detail}")]
     Protocol {
-        /// What was wrong and how to fix it.
+        /// The fault and how to fix it.
         detail: String,
     },
     /// The shepherd process running the execution died, for example because
     /// the handler or another process killed it.
     #[error("shepherd lost: {detail}")]
     ShepherdLost {
-        /// How the shepherd ended.
+        /// The way the shepherd ended.
         detail: String,
     },
 }

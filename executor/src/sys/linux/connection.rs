@@ -27,7 +27,7 @@ const SHEPHERD_ARGS: [&str; 3] = ["--exact", "--quiet", "__isolated_executor_hoo
 /// The message given when a re-executed binary did not become a shepherd.
 pub const HOOK_MISSING: &str = "the re-executed binary did not start a shepherd: add `isolated_executor::enable_test_support!();` at the top of this integration-test file (`tests/*.rs`, or `src/lib.rs` for unit tests), or call `isolated_executor::init();` first in `main` of a binary";
 
-/// Why a shepherd connection failed. The shepherd is unusable afterwards.
+/// The reason a shepherd connection failed. The shepherd is unusable afterwards.
 #[derive(Debug)]
 pub struct Lost(pub String);
 
@@ -127,7 +127,7 @@ fn request_header(head: &[u8], request: &Request<'_>) -> [u8; protocol::HEADER_L
     encode_header(Kind::Request, (head.len() + request.payload.len()) as u64)
 }
 
-/// What happened while waiting for a frame.
+/// A failure while waiting for a frame.
 enum ReadError {
     Eof,
     TimedOut,
@@ -443,7 +443,7 @@ impl Shepherd {
     /// shepherd. Returns how it ended.
     ///
     /// NOTE: when the shepherd died before its `Started` frame arrived, the
-    /// child's pid is unknown here; the child itself dies through
+    /// child's pid is unknown here. The child itself dies through
     /// `PR_SET_PDEATHSIG`, but processes it started in another session outlive
     /// it.
     pub fn destroy(&mut self) -> String {

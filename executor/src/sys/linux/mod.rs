@@ -20,7 +20,7 @@ pub fn start_shepherd(handshake_timeout: std::time::Duration) -> Result<Shepherd
 
 pub use connection::HOOK_MISSING;
 
-/// Why isolation is unavailable; unused on Linux, where it is available.
+/// The reason isolation is unavailable; empty on Linux, where it is available.
 pub const UNSUPPORTED: &str = "";
 
 /// The fingerprint of this executable, read once.
