@@ -271,6 +271,11 @@ const ALT_STACK_SIZE: usize = 64 << 10;
 
 /// Installs the SIGSEGV and SIGBUS handler on an alternate stack, so it can
 /// run when the main stack is exhausted.
+///
+/// NOTE: only the child's main thread, where the handler runs, gets the
+/// alternate stack. A thread the handler spawns has none, because std sets
+/// them up only after its own runtime start-up, which the shepherd skips;
+/// its stack overflow is reported as `Signal` (SIGSEGV), not `StackOverflow`.
 fn install_fault_handler() {
     // Estimate the lowest address of the main stack: the current stack
     // pointer minus RLIMIT_STACK.
