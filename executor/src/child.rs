@@ -46,6 +46,10 @@ static PANIC_LOCATION: Mutex<Option<String>> = Mutex::new(None);
 /// The shepherd installs it once at start-up and every child inherits it,
 /// which spares each child the hook's allocation and the page faults of
 /// writing it.
+#[cfg_attr(
+    any(not(target_os = "linux"), isolated_executor_unsupported),
+    allow(dead_code)
+)]
 pub(crate) fn install_panic_hook(lift_budget: fn(), restore_budget: fn()) {
     let default_hook = panic::take_hook();
     panic::set_hook(Box::new(move |info| {

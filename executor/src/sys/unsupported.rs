@@ -101,10 +101,6 @@ impl Shepherd {
     ) -> Result<Report, Lost> {
         Err(lost())
     }
-    /// Always false.
-    pub fn child_started(&self) -> bool {
-        false
-    }
     /// Always `None`.
     pub fn last_child_pid(&self) -> Option<u32> {
         None
