@@ -6,6 +6,19 @@ use std::time::Duration;
 
 use isolated_executor::IsolationError;
 
+/// Returns whether `line` belongs to a backtrace std printed under `RUST_BACKTRACE`:
+/// the header, a numbered frame, a frame's `at` location, or the closing note.
+fn is_backtrace_line(line: &str) -> bool {
+    let trimmed = line.trim_start();
+    let indented = trimmed.len() < line.len();
+    let numbered_frame = trimmed.split_once(':').is_some_and(|(number, _)| {
+        !number.is_empty() && number.bytes().all(|b| b.is_ascii_digit())
+    });
+    line == "stack backtrace:"
+        || line.starts_with("note: Some details are omitted")
+        || (indented && (numbered_frame || trimmed.starts_with("at ")))
+}
+
 /// Number of trailing stderr lines the failure report prints; the field
 /// [`CheckFailure::stderr_tail`] keeps the whole captured tail.
 const STDERR_LINES_SHOWN: usize = 20;
@@ -206,7 +219,19 @@ impl<A: Debug, E: Debug> CheckFailure<A, E> {
         if tail.is_empty() {
             writeln!(f, "stderr tail:   (empty)")?;
         } else {
-            let lines: Vec<&str> = tail.lines().collect();
+            let all: Vec<&str> = tail.lines().collect();
+            let lines: Vec<&str> = all
+                .iter()
+                .copied()
+                .filter(|l| !is_backtrace_line(l))
+                .collect();
+            if lines.len() < all.len() {
+                writeln!(
+                    f,
+                    "stderr backtrace: {} lines left out (see CheckFailure::stderr_tail)",
+                    all.len() - lines.len()
+                )?;
+            }
             let skipped = lines.len().saturating_sub(STDERR_LINES_SHOWN);
             if skipped > 0 {
                 writeln!(f, "stderr tail (last {STDERR_LINES_SHOWN} lines):")?;
@@ -334,6 +359,24 @@ mod tests {
             "handler returned an error: \"truncated field\""
         );
         assert!(failure.to_string().contains("stderr tail:   (empty)"));
+    }
+
+    #[test]
+    fn report_leaves_out_backtrace_lines() {
+        let stderr = "\nthread '<unnamed>' (77) panicked at src/lib.rs:3:5:\nboom\nstack backtrace:\n   0: __rustc::rust_begin_unwind\n             at /rustc/abc/library/std/src/panicking.rs:689:5\n   1: demo::parse\nnote: Some details are omitted, run with `RUST_BACKTRACE=full` for a verbose backtrace.\n";
+        let text = failure(
+            IsolationError::Crashed(CrashReason::Abort {
+                stderr_tail: String::new(),
+            }),
+            stderr,
+        )
+        .to_string();
+
+        assert!(text.contains("  | boom\n"), "{text}");
+        assert!(text.contains("panicked at src/lib.rs:3:5"), "{text}");
+        assert!(!text.contains("rust_begin_unwind"), "{text}");
+        assert!(!text.contains("Some details are omitted"), "{text}");
+        assert!(text.contains("5 lines left out"), "{text}");
     }
 
     #[test]
