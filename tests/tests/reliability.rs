@@ -423,8 +423,6 @@ fn killed_shepherd_is_shepherd_lost() {
 }
 
 #[test]
-#[ignore = "known gap: a descendant in its own session outlives a killed shepherd, because \
-            only the shepherd is its subreaper"]
 fn killed_shepherd_leaves_no_setsid_grandchild() {
     let _serial = serial();
     let baseline = Baseline::capture(&[]);

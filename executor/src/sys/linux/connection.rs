@@ -18,6 +18,9 @@ use crate::protocol::{
 pub const ENV_SOCKET: &str = "ISOLATED_EXECUTOR_SHEPHERD_FD";
 /// Environment variable that carries the caller's pid.
 pub const ENV_CALLER: &str = "ISOLATED_EXECUTOR_CALLER_PID";
+/// Environment variable a shepherd sets to its own pid, so that every
+/// process of its executions carries it.
+pub const ENV_LINEAGE: &str = "ISOLATED_EXECUTOR_SHEPHERD_PID";
 
 /// Arguments given to the re-executed binary. If the entry hook is missing,
 /// libtest sees a filter that matches no test and exits at once, so a
@@ -436,16 +439,16 @@ impl Shepherd {
     /// shepherd and describes how it ended.
     fn lost(&mut self, what: &str) -> Lost {
         let status = self.destroy();
+        kill_lineage(self.pid);
         Lost(format!("{what}; shepherd pid {} {status}", self.pid))
     }
 
     /// Kills the shepherd and the group of its running child, then reaps the
     /// shepherd. Returns how it ended.
     ///
-    /// NOTE: when the shepherd died before its `Started` frame arrived, the
-    /// child's pid is unknown here. The child itself dies through
-    /// `PR_SET_PDEATHSIG`, but processes it started in another session outlive
-    /// it.
+    /// When the shepherd died before its `Started` frame arrived, the child's
+    /// pid is unknown here. The child itself dies through `PR_SET_PDEATHSIG`,
+    /// and `kill_lineage` finds the processes it started in another session.
     pub fn destroy(&mut self) -> String {
         if let Some(child) = self.child_pid() {
             let _ = syscalls::kill(KillTarget::Group(child as libc::pid_t), libc::SIGKILL);
@@ -466,6 +469,51 @@ impl Shepherd {
             }
         };
         format!("ended with {status}")
+    }
+}
+
+/// Kills every process that still carries the lineage mark of a dead
+/// shepherd: descendants of its last execution that left the child's
+/// process group, which its subreaper cleanup would have killed. They were
+/// re-parented to an ancestor subreaper or PID 1, which reaps them.
+/// A descendant that cleared its environment is not found.
+fn kill_lineage(shepherd: u32) {
+    let mark = format!("{ENV_LINEAGE}={shepherd}");
+    let me = std::process::id();
+    // A killed process's children are re-parented and may be found on a
+    // later round; three rounds cover a few generations.
+    for _ in 0..3 {
+        let mut killed = 0;
+        let Ok(entries) = std::fs::read_dir("/proc") else {
+            return;
+        };
+        for entry in entries.flatten() {
+            let Some(pid) = entry
+                .file_name()
+                .to_str()
+                .and_then(|s| s.parse::<u32>().ok())
+            else {
+                continue;
+            };
+            if pid == me {
+                continue;
+            }
+            let Ok(environ) = std::fs::read(format!("/proc/{pid}/environ")) else {
+                continue;
+            };
+            if environ
+                .split(|byte| *byte == 0)
+                .any(|entry| entry == mark.as_bytes())
+            {
+                let _ = syscalls::kill(KillTarget::Process(pid as libc::pid_t), libc::SIGKILL);
+                killed += 1;
+            }
+        }
+        if killed == 0 {
+            return;
+        }
+        tracing::warn!(shepherd, killed, "killed processes left by a lost shepherd");
+        std::thread::sleep(Duration::from_millis(5));
     }
 }
 

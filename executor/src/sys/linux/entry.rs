@@ -1,7 +1,7 @@
 //! The entry hook: diverts a re-executed binary into the shepherd before
 //! `main` or libtest runs.
 
-use super::connection::{ENV_CALLER, ENV_SOCKET};
+use super::connection::{ENV_CALLER, ENV_LINEAGE, ENV_SOCKET};
 
 /// Becomes a shepherd and never returns if this process was started as one;
 /// returns at once otherwise.
@@ -17,9 +17,12 @@ pub fn divert_if_shepherd() {
     // process has a single thread, so nothing reads the environment
     // concurrently. Removing the variables keeps the handler's own child
     // processes from taking themselves for shepherds.
+    // The lineage mark is inherited by every child and descendant, so the
+    // caller can still find them if this shepherd dies.
     unsafe {
         std::env::remove_var(ENV_SOCKET);
         std::env::remove_var(ENV_CALLER);
+        std::env::set_var(ENV_LINEAGE, std::process::id().to_string());
     }
     match (socket, caller) {
         (Some(socket), Some(caller)) => super::shepherd::run(socket, caller),
