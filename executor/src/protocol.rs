@@ -703,7 +703,7 @@ pub enum ChildResult<'a> {
     Panic {
         /// The panic message.
         message: String,
-        /// Where it panicked, when known.
+        /// The panic's source location, when known.
         location: Option<String>,
     },
     /// The child-side executor failed.

@@ -1,8 +1,8 @@
 //! The handler child: everything between `fork()` in the shepherd and the
 //! call of the handler's trampoline, plus the signal handlers it installs.
 //!
-//! The shepherd is single-threaded, so the child could allocate safely;
-//! still, the setup below makes only async-signal-safe system calls and
+//! The shepherd is single-threaded, so the child could allocate safely.
+//! Still, the setup below makes only async-signal-safe system calls and
 //! leaves with `_exit` on any failure, so it stays sound if that ever
 //! changes. The trampoline that follows is ordinary Rust. The fault handler
 //! runs inside a signal and touches nothing but atomics, `write` and
@@ -273,9 +273,10 @@ const ALT_STACK_SIZE: usize = 64 << 10;
 /// run when the main stack is exhausted.
 ///
 /// NOTE: only the child's main thread, where the handler runs, gets the
-/// alternate stack. A thread the handler spawns has none, because std sets
-/// them up only after its own runtime start-up, which the shepherd skips;
-/// its stack overflow is reported as `Signal` (SIGSEGV), not `StackOverflow`.
+/// alternate stack. std sets one up for new threads only after its own
+/// runtime start-up, which the shepherd skips. So a stack overflow in a
+/// thread the handler spawns is reported as `Signal` (SIGSEGV), not
+/// `StackOverflow`.
 fn install_fault_handler() {
     // Estimate the lowest address of the main stack: the current stack
     // pointer minus RLIMIT_STACK.
