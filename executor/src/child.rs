@@ -12,7 +12,7 @@ use std::sync::Mutex;
 use crate::handler::{Context, Handler};
 use crate::protocol::{encode_panic, encode_record, record};
 
-/// What the trampoline gets from the child setup code.
+/// Inputs the trampoline gets from the child setup code.
 pub(crate) struct ChildCall<'a> {
     /// `type_name` of the handler the caller meant.
     pub handler_type: &'a str,
@@ -83,9 +83,9 @@ fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
 /// Size of the stack buffer `emit_record` tries first.
 const SMALL_RECORD: usize = 512;
 
-/// Writes a record of type `tag` holding `value` through
+/// Writes a record of type `tag` containing `value` through
 /// `call.write_record` when it fits in a stack buffer, and returns an empty
-/// vector; otherwise returns the record to write. Writing a small result
+/// vector. Otherwise returns the record to write. Writing a small result
 /// from the stack allocates nothing, which spares a forked child the
 /// copy-on-write faults on malloc's pages.
 fn emit_record<T: serde::Serialize>(

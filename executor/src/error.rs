@@ -40,8 +40,8 @@ pub enum IsolationError<E> {
 }
 
 impl<E> IsolationError<E> {
-    /// The category used in telemetry: `error`, `timeout`, `killed`,
-    /// `crashed` or `unavailable`.
+    /// Returns the category used in telemetry: `error`, `timeout`,
+    /// `killed`, `crashed` or `unavailable`.
     pub fn category(&self) -> &'static str {
         match self {
             IsolationError::Handler(_) => "error",

@@ -156,7 +156,7 @@ impl Prepared {
         }
     }
 
-    /// The outcome for an execution that never reached a child.
+    /// Builds the report of an execution that never reached a child.
     fn early<T, E>(&self, error: IsolationError<E>) -> ExecutionReport<T, E> {
         ExecutionReport::without_child(self.name, Err(error), self.entered.elapsed())
     }
@@ -203,7 +203,7 @@ impl Prepared {
         }
     }
 
-    /// The outcome when the shepherd died during the execution.
+    /// Builds the report of an execution whose shepherd died.
     fn lost<T, E>(
         &self,
         supervisor: &Supervisor,
@@ -262,7 +262,7 @@ fn run_blocking<H: Handler>(prepared: Prepared) -> ExecutionReport<H::Output, H:
             },
         };
         let (id, canceller) = shepherd.prepare();
-        let request = prepared.request(id, &fingerprint, payload);
+        let request = prepared.request(id, fingerprint, payload);
         let ticket = match supervisor.register(canceller) {
             Ok(ticket) => ticket,
             Err(reason) => {
@@ -431,7 +431,7 @@ mod tokio_api {
                 },
             };
             let (id, canceller) = shepherd.prepare();
-            let request = prepared.request(id, &fingerprint, payload);
+            let request = prepared.request(id, fingerprint, payload);
             let ticket = match supervisor.register(canceller) {
                 Ok(ticket) => ticket,
                 Err(reason) => {

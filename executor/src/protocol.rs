@@ -144,7 +144,7 @@ impl FrameDecoder {
         self.max_len = max_len;
     }
 
-    /// Whether the decoder holds a partial frame.
+    /// Returns whether the decoder contains a partial frame.
     pub fn is_mid_frame(&self) -> bool {
         self.header_filled > 0
     }
@@ -178,7 +178,7 @@ impl FrameDecoder {
         let rest = &input[used..];
         let take = missing.min(rest.len());
         // Grow by doubling, but never past the announced length, so the
-        // body never holds more than `max_len` bytes of capacity.
+        // body's capacity never exceeds `max_len` bytes.
         let needed = self.body.len() + take;
         if needed > self.body.capacity() {
             let announced = usize::try_from(header.len).unwrap_or(usize::MAX);
@@ -201,10 +201,10 @@ impl FrameDecoder {
     /// is not. This lets a reader put large bodies straight into place
     /// instead of passing them through `feed`.
     ///
-    /// The count is at most the bytes still missing, and at most the
-    /// body's length so far or 1 MiB, whichever is larger, so the body
-    /// grows by doubling and a lying header costs no more memory than
-    /// about twice the bytes actually sent. Append at most that many bytes,
+    /// The count is at most the bytes still missing. It is also at most the
+    /// body's length so far or 1 MiB, whichever is larger. So the body grows
+    /// by doubling, and a lying header costs no more memory than about twice
+    /// the bytes actually sent. Append at most that many bytes,
     /// then call [`take_filled`](Self::take_filled).
     pub fn body_to_fill(&mut self) -> Option<(&mut Vec<u8>, usize)> {
         let header = self.current?;

@@ -62,8 +62,8 @@ impl<T, E> ExecutionReport<T, E> {
         }
     }
 
-    /// The telemetry category of the outcome: `ok`, `error`, `timeout`,
-    /// `killed`, `crashed` or `unavailable`.
+    /// Returns the telemetry category of the outcome: `ok`, `error`,
+    /// `timeout`, `killed`, `crashed` or `unavailable`.
     pub fn category(&self) -> &'static str {
         match &self.outcome {
             Ok(_) => "ok",

@@ -222,13 +222,13 @@ impl Supervisor {
         })
     }
 
-    /// The configuration the supervisor was started with.
+    /// Returns the configuration the supervisor was started with.
     pub fn config(&self) -> &SupervisorConfig {
         &self.inner.config
     }
 
-    /// Whether new executions can run: false after [`shutdown`](Self::shutdown)
-    /// and on platforms other than Linux.
+    /// Returns whether new executions can run: false after
+    /// [`shutdown`](Self::shutdown) and on platforms other than Linux.
     pub fn is_available(&self) -> bool {
         sys::SUPPORTED && !self.inner.lock().shut_down
     }
@@ -360,7 +360,7 @@ impl Supervisor {
         self.inner.lock().busy.remove(&ticket);
     }
 
-    /// Whether the supervisor was shut down.
+    /// Returns whether the supervisor was shut down.
     pub(crate) fn is_shut_down(&self) -> bool {
         self.inner.lock().shut_down
     }

@@ -30,7 +30,7 @@ pub const TARGET: &str = "isolated_executor::isolation";
 /// Name of the span around each execution.
 pub const SPAN_NAME: &str = "isolated_execution";
 
-/// The level used for a `result` category.
+/// Returns the level used for a `result` category.
 pub fn level_of(category: &str) -> Level {
     match category {
         "ok" | "error" => Level::INFO,
@@ -48,7 +48,7 @@ pub fn level_of(category: &str) -> Level {
 /// (`tracing::subscriber::with_default`) would then miss the telemetry
 /// event whenever another thread without a subscriber emitted it first:
 /// that thread caches "never" for the callsite. With a second registered
-/// dispatcher, tracing-core asks every registered one.
+/// dispatcher, tracing-core queries every registered one.
 pub(crate) fn register_idle_dispatcher() {
     static IDLE: std::sync::OnceLock<tracing::Dispatch> = std::sync::OnceLock::new();
     IDLE.get_or_init(|| tracing::Dispatch::new(tracing::subscriber::NoSubscriber::default()));

@@ -24,9 +24,9 @@ const MARKER_ENV: &str = "ISOLATED_EXECUTOR_NO_HOOK_MARKER";
 
 #[test]
 fn missing_hook_is_unavailable_and_never_recurses() {
-    // Every process that runs this test appends its pid to the marker file;
-    // the path reaches a re-executed binary through the inherited
-    // environment, or is set here on the first run.
+    // Every process that runs this test appends its pid to the marker file.
+    // The path is set here on the first run and reaches a re-executed
+    // binary through the inherited environment.
     let marker = match std::env::var(MARKER_ENV) {
         Ok(path) => path,
         Err(_) => {

@@ -359,7 +359,7 @@ fn blocked_and_ignored_signals_are_not_inherited() {
     })
     .unwrap();
     // SAFETY: blocks SIGTERM in this test thread and ignores SIGINT in the
-    // whole test process; an ignored disposition survives fork and exec, so
+    // whole test process. An ignored disposition survives fork and exec, so
     // the shepherd inherits it and the child must reset it.
     unsafe {
         let mut set: libc::sigset_t = std::mem::zeroed();

@@ -1,5 +1,5 @@
 //! `record` on one thread while other threads of the same test binary run
-//! executions without any subscriber: every recorded call still sees its
+//! executions without any subscriber. Every recorded call still gets its
 //! event, whichever thread emits the telemetry event first.
 #![forbid(unsafe_code)]
 

@@ -23,7 +23,7 @@ pub const ENV_CALLER: &str = "ISOLATED_EXECUTOR_CALLER_PID";
 pub const ENV_LINEAGE: &str = "ISOLATED_EXECUTOR_SHEPHERD_PID";
 
 /// Arguments given to the re-executed binary. If the entry hook is missing,
-/// libtest sees a filter that matches no test and exits at once, so a
+/// libtest gets a filter that matches no test and exits at once, so a
 /// missing hook can never run the test suite recursively.
 const SHEPHERD_ARGS: [&str; 3] = ["--exact", "--quiet", "__isolated_executor_hook_missing__"];
 
@@ -125,7 +125,7 @@ fn send_cancel(socket: RawFd, id: u64) -> bool {
     matches!(syscalls::send(socket, &frame), Ok(n) if n == frame.len())
 }
 
-/// The frame header of a request whose body is `head` followed by the payload.
+/// Encodes the frame header of a request whose body is `head` followed by the payload.
 fn request_header(head: &[u8], request: &Request<'_>) -> [u8; protocol::HEADER_LEN] {
     encode_header(Kind::Request, (head.len() + request.payload.len()) as u64)
 }
@@ -224,7 +224,7 @@ impl Shepherd {
         (id, canceller)
     }
 
-    /// The pid of the child currently running, if any.
+    /// Returns the pid of the child currently running, if any.
     pub fn child_pid(&self) -> Option<u32> {
         match self.child_pid.load(Ordering::Relaxed) {
             0 => None,
@@ -266,8 +266,8 @@ impl Shepherd {
         self.await_report_blocking(request.id, report_limit, deadline)
     }
 
-    /// The pid of the current request's child, if it started and has not
-    /// reported yet.
+    /// Returns the pid of the current request's child, if it started and has
+    /// not reported yet.
     pub fn last_child_pid(&self) -> Option<u32> {
         self.child_pid()
     }

@@ -23,15 +23,13 @@ pub use connection::HOOK_MISSING;
 /// The reason isolation is unavailable; empty on Linux, where it is available.
 pub const UNSUPPORTED: &str = "";
 
-/// The fingerprint of this executable, read once.
-pub fn fingerprint() -> Vec<u8> {
+/// Returns the fingerprint of this executable, read on the first call.
+pub fn fingerprint() -> &'static [u8] {
     static FINGERPRINT: std::sync::OnceLock<Vec<u8>> = std::sync::OnceLock::new();
-    FINGERPRINT
-        .get_or_init(|| identity::fingerprint().unwrap_or_default())
-        .clone()
+    FINGERPRINT.get_or_init(|| identity::fingerprint().unwrap_or_default())
 }
 
-/// The offset that names `trampoline` in a request.
+/// Returns the offset that names `trampoline` in a request.
 pub fn trampoline_offset(trampoline: crate::child::Trampoline) -> i64 {
     identity::offset_of(trampoline)
 }

@@ -123,7 +123,7 @@ struct Shepherd {
     current: libc::pid_t,
     /// Signals whose disposition each child resets to the default.
     non_default_signals: u64,
-    /// What each child computes its data size from.
+    /// Baseline from which each child computes its data size.
     data_baseline: Option<fork_child::DataBaseline>,
     /// The child's stdin and capture pipes, opened at the first execution.
     child_fds: Option<ChildFds>,
@@ -248,7 +248,7 @@ fn drain(fd: RawFd, buffer: &mut [u8], mut sink: impl FnMut(&[u8])) -> Drained {
     }
 }
 
-/// What the wait loop is doing.
+/// State of the wait loop.
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Phase {
     /// The child runs and the deadline has not passed.
@@ -553,9 +553,9 @@ impl Shepherd {
         cancelled
     }
 
-    /// The caller closed its end or broke the protocol: kill everything of
-    /// the execution and exit. The pending pid is killed through its group
-    /// and reaped by the descendant sweep.
+    /// Kills everything of the execution and exits, because the caller
+    /// closed its end or broke the protocol. The pending pid is killed
+    /// through its group and reaped by the descendant sweep.
     fn caller_gone(&mut self) -> ! {
         self.kill_descendants(self.current);
         exit(0)
@@ -608,8 +608,8 @@ impl Shepherd {
             }
             let children = syscalls::children_of(me);
             if children.is_empty() {
-                // A child exists but /proc did not list it yet; look again
-                // shortly rather than block on a child nobody killed.
+                // A child exists but /proc did not list it yet. Look again
+                // shortly rather than block on a child that was not killed.
                 if group > 0 {
                     let _ = syscalls::kill(KillTarget::Group(group), libc::SIGKILL);
                 }
